@@ -1,0 +1,58 @@
+# mnist-bench — `make` lists the targets. Command-line variables (NAME=, TRIALS=, ...) are handed
+# to the CLI, which rejects unknown ones: make itself would accept any VAR= silently.
+.DEFAULT_GOAL := help
+SHELL := bash
+
+VENV := .venv
+ifeq ($(origin PYTHON),command line)
+  PY := $(PYTHON)
+  SETUP :=
+else
+  PY := $(VENV)/bin/python
+  SETUP := $(VENV)/.installed
+endif
+
+# Offline MNIST mirror: ../shared/datasets/mnist beside the checkout, else .data/mnist; neither
+# present means torchvision downloads into .data/.
+ifeq ($(MNIST_DIR),)
+  MNIST_DIR := $(firstword $(wildcard $(abspath ../shared/datasets/mnist) $(abspath .data/mnist)))
+endif
+export MNIST_DIR
+
+.PHONY: help setup study list test test-full test-gpu lint clean
+
+help: ## show this help
+	@echo "usage: make TARGET [NAME=study] [KEY=VALUE ...]"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@echo "study settings: NAME TRIALS TIMEOUT DEVICE=auto|cpu|cuda SEED SMOKE=1 RESULTS_DIR"
+	@echo "PYTHON=python3 uses that interpreter instead of creating $(VENV)"
+
+setup: $(SETUP) ## create .venv and install the package with dev tools (idempotent)
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+study: $(SETUP) ## run or continue a study: make study NAME=mlp_vs_cnn [TRIALS= TIMEOUT= DEVICE= SEED= SMOKE=1]
+	$(PY) -m bench study $(MAKEOVERRIDES)
+
+list: $(SETUP) ## list registered models, optimizers, schedules and studies
+	$(PY) -m bench list
+
+test: $(SETUP) ## fast tests (CPU, minutes)
+	$(PY) -m pytest
+
+test-full: $(SETUP) ## all CPU tests, slow ones included
+	$(PY) -m pytest -m 'not gpu'
+
+test-gpu: $(SETUP) ## CUDA tests (run on a GPU machine)
+	$(PY) -m pytest -m gpu
+
+lint: $(SETUP) ## ruff
+	$(PY) -m ruff check bench tests studies
+
+clean: ## remove caches and build files (results/ and .venv are kept)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

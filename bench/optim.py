@@ -1,0 +1,143 @@
+"""Optimizer and learning-rate-schedule registries: the one place either is named.
+
+An optimizer entry builds `torch.optim` from (params, lr, weight_decay, **knobs) and samples its own
+knobs from a trial; a schedule entry builds a per-step `torch.optim.lr_scheduler` from the total
+number of steps and the steps in one epoch, so every schedule is stepped once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from torch.optim import lr_scheduler
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    build: Callable[..., Any]
+    space: Callable[..., dict[str, Any]]
+
+
+OPTIMIZERS: dict[str, Entry] = {}
+SCHEDULES: dict[str, Entry] = {}
+
+
+def _register(table: dict[str, Entry], kind: str, name: str, space=None):
+    def wrap(build):
+        if name in table:
+            raise ValueError(f"{kind} {name!r} is already registered")
+        table[name] = Entry(name, build, space or (lambda trial: {}))
+        return build
+
+    return wrap
+
+
+def _get(table: dict[str, Entry], kind: str, name: str) -> Entry:
+    if name not in table:
+        raise KeyError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def create_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
+                     weight_decay: float = 0.0, **knobs: Any) -> torch.optim.Optimizer:
+    return _get(OPTIMIZERS, "optimizer", name).build(params, lr, weight_decay, **knobs)
+
+
+def create_schedule(name: str, optimizer: torch.optim.Optimizer, total_steps: int,
+                    epoch_steps: int, **knobs: Any) -> lr_scheduler.LRScheduler:
+    return _get(SCHEDULES, "schedule", name).build(optimizer, total_steps, epoch_steps, **knobs)
+
+
+def optimizer_space(name: str, trial: optuna.Trial, **ranges: Any) -> dict[str, Any]:
+    return _get(OPTIMIZERS, "optimizer", name).space(trial, **ranges)
+
+
+def schedule_space(name: str, trial: optuna.Trial, **ranges: Any) -> dict[str, Any]:
+    return _get(SCHEDULES, "schedule", name).space(trial, **ranges)
+
+
+# --- optimizers -----------------------------------------------------------------------------------
+
+
+def _sgd_space(trial, momentum=(0.0, 0.99), nesterov=(False, True)):
+    m = trial.suggest_float("sgd.momentum", *momentum)
+    nest = trial.suggest_categorical("sgd.nesterov", list(nesterov)) if m > 0 else False
+    return {"momentum": m, "nesterov": nest}
+
+
+@_register(OPTIMIZERS, "optimizer", "sgd", _sgd_space)
+def _sgd(params, lr, weight_decay, momentum=0.0, nesterov=False):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
+                           weight_decay=weight_decay)
+
+
+def _beta1_space(prefix):
+    def space(trial, beta1=(0.8, 0.95)):
+        return {"beta1": trial.suggest_float(f"{prefix}.beta1", *beta1)}
+
+    return space
+
+
+@_register(OPTIMIZERS, "optimizer", "adam", _beta1_space("adam"))
+def _adam(params, lr, weight_decay, beta1=0.9):
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay)
+
+
+@_register(OPTIMIZERS, "optimizer", "adamw", _beta1_space("adamw"))
+def _adamw(params, lr, weight_decay, beta1=0.9):
+    return torch.optim.AdamW(params, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay)
+
+
+def _rmsprop_space(trial, alpha=(0.9, 0.999), momentum=(0.0, 0.9)):
+    return {"alpha": trial.suggest_float("rmsprop.alpha", *alpha),
+            "momentum": trial.suggest_float("rmsprop.momentum", *momentum)}
+
+
+@_register(OPTIMIZERS, "optimizer", "rmsprop", _rmsprop_space)
+def _rmsprop(params, lr, weight_decay, alpha=0.99, momentum=0.0):
+    return torch.optim.RMSprop(params, lr=lr, alpha=alpha, momentum=momentum,
+                               weight_decay=weight_decay)
+
+
+# --- schedules (stepped once per batch) -----------------------------------------------------------
+
+
+@_register(SCHEDULES, "schedule", "constant")
+def _constant(opt, total_steps, epoch_steps):
+    return lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def _step_space(trial, every=(1, 5), gamma=(0.1, 0.5)):
+    return {"every": trial.suggest_int("step.every", *every),
+            "gamma": trial.suggest_float("step.gamma", *gamma)}
+
+
+@_register(SCHEDULES, "schedule", "step", _step_space)
+def _step(opt, total_steps, epoch_steps, every=1, gamma=0.5):
+    """Multiply the lr by `gamma` every `every` epochs."""
+    return lr_scheduler.StepLR(opt, step_size=every * epoch_steps, gamma=gamma)
+
+
+@_register(SCHEDULES, "schedule", "cosine")
+def _cosine(opt, total_steps, epoch_steps):
+    return lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+
+
+def _onecycle_space(trial, pct_start=(0.1, 0.4)):
+    return {"pct_start": trial.suggest_float("onecycle.pct_start", *pct_start)}
+
+
+@_register(SCHEDULES, "schedule", "onecycle", _onecycle_space)
+def _onecycle(opt, total_steps, epoch_steps, pct_start=0.25):
+    """Warm up to the sampled lr, then anneal; the sampled lr is the peak.
+
+    Momentum is left as sampled (no cycling), so the optimizer's knobs mean what the trial says.
+    """
+    max_lr = [g["lr"] for g in opt.param_groups]
+    return lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps,
+                                   pct_start=pct_start, cycle_momentum=False)

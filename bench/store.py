@@ -1,0 +1,102 @@
+"""The results store: Parquet tables under results/<name>/, one documented schema, atomic writes.
+
+The schema below is the contract the report and later tools read; README.md documents it. Columns
+named `param_<name>` (Optuna's flattened trial parameters) follow the fixed ones and vary by study.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TRIAL_COLUMNS = {
+    "family": "architecture family (the scientific parameter); one Optuna sub-study each",
+    "number": "trial number within the family's sub-study",
+    "state": "COMPLETE, PRUNED, FAIL or RUNNING",
+    "arch": "registered model name",
+    "value": "objective: validation accuracy after the last epoch run",
+    "best_val_acc": "best validation accuracy over the epochs run",
+    "final_val_acc": "validation accuracy after the last epoch run",
+    "final_val_loss": "validation loss after the last epoch run",
+    "epochs_planned": "epochs the trial sampled",
+    "epochs_run": "epochs actually trained",
+    "pruned_at": "epoch after which it stopped early (pruned or out of budget), else NA",
+    "stop_reason": "pruned, budget, nonfinite or empty",
+    "wall_seconds": "trial wall time, model build to last evaluation",
+    "params_count": "trainable parameters",
+    "seed": "the trial's torch seed",
+    "device": "device name the trial ran on",
+    "threads": "torch intra-op threads",
+    "git_sha": "code version (-dirty when tracked files were modified)",
+    "versions": "python and package versions",
+    "data_md5": "uncompressed MD5 of each MNIST file read (JSON)",
+    "split_hash": "sha256 prefix of the validation indices",
+    "datetime_start": "when the trial started",
+}
+EPOCH_COLUMNS = {
+    "family": "as in trials.parquet",
+    "number": "as in trials.parquet",
+    "epoch": "epochs completed (1-based), the step reported to the pruner",
+    "train_loss": "mean training loss over the epoch",
+    "val_loss": "validation loss after the epoch",
+    "val_acc": "validation accuracy after the epoch",
+    "lr": "learning rate at the start of the epoch",
+    "seconds": "epoch wall time including validation",
+}
+IMPORTANCE_COLUMNS = {
+    "family": "as in trials.parquet",
+    "param": "Optuna parameter name",
+    "importance": "Optuna's default importance evaluator on the validation objective",
+}
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(tmp_path)`, then rename over `path`: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _conform(df: pd.DataFrame, columns: dict[str, str], extra_prefix: str | None) -> pd.DataFrame:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"store frame lacks columns {missing}")
+    extra = sorted(c for c in df.columns if extra_prefix and c.startswith(extra_prefix))
+    return df[list(columns) + extra].reset_index(drop=True)
+
+
+def write_parquet(path: Path, df: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+
+
+def write_study(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame,
+                importances: pd.DataFrame | None = None) -> None:
+    write_parquet(out / "trials.parquet", _conform(trials, TRIAL_COLUMNS, "param_"))
+    write_parquet(out / "epochs.parquet", _conform(epochs, EPOCH_COLUMNS, None))
+    if importances is not None:
+        write_parquet(out / "importances.parquet",
+                      _conform(importances, IMPORTANCE_COLUMNS, None))
+
+
+def read(out: Path, table: str) -> pd.DataFrame:
+    """Read `trials`, `epochs` or `importances` of the study stored in `out`."""
+    path = out / f"{table}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {table} table at {path}; run the study first")
+    return pd.read_parquet(path)

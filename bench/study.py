@@ -1,0 +1,299 @@
+"""Optuna study runner: storage, samplers, pruners, objective, equal budgets per family.
+
+A study file declares a `Study`. Each architecture family (the scientific parameter) gets its own
+Optuna sub-study in one embedded journal under results/<name>/, with its own seeded sampler, and
+the runner hands trials to whichever family has used the smallest share of its budget, so every
+family gets the same number of trials or the same seconds. Only `data.load_train` is called here:
+a study never opens the test files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import torch
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bench import data, provenance, store, train
+from bench.models import count_params
+from bench.space import Space, SpaceError, check_normalization
+
+SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a study file declares: its question, families, ranges, budget, sampler and pruner."""
+
+    question: str
+    families: dict[str, tuple[str, ...]]
+    space: Space
+    cpu_space: Space | None = None
+    trials: int = 100
+    timeout: dict[str, float | None] = field(default_factory=lambda: {"cpu": None, "cuda": None})
+    sampler: Callable[[int], optuna.samplers.BaseSampler] = (
+        lambda seed: optuna.samplers.TPESampler(seed=seed))
+    pruner: Callable[[int], optuna.pruners.BasePruner] = (
+        lambda max_epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+    val_size: int = 10_000
+    normalization: str = "mnist"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One invocation's resolved settings (the CLI's overrides over the study's defaults)."""
+
+    name: str
+    trials: int
+    timeout: float | None
+    device: str
+    seed: int
+    smoke: bool
+    results_dir: Path
+
+    @property
+    def out(self) -> Path:
+        return self.results_dir / (self.name + ("-smoke" if self.smoke else ""))
+
+
+def resolve(study: Study, name: str, device: torch.device, overrides: dict) -> RunConfig:
+    """Study defaults for `device`, then overrides (already type-checked by the CLI)."""
+    smoke = overrides.get("smoke", False)
+    default_timeout = None if smoke else study.timeout.get(device.type)
+    timeout = overrides.get("timeout", default_timeout)
+    return RunConfig(
+        name=name,
+        trials=overrides.get("trials", SMOKE_TRIALS if smoke else study.trials),
+        timeout=timeout or None,
+        device=device.type,
+        seed=overrides.get("seed", 0),
+        smoke=smoke,
+        results_dir=Path(overrides.get("results_dir", "results")),
+    )
+
+
+def space_for(study: Study, cfg: RunConfig) -> Space:
+    space = study.cpu_space if cfg.device == "cpu" and study.cpu_space else study.space
+    return replace(space, epochs=(1, 2)) if cfg.smoke else space
+
+
+def validate(study: Study, cfg: RunConfig) -> Space:
+    """Everything that can be wrong with a study before any file is written."""
+    space = space_for(study, cfg)
+    for family, archs in study.families.items():
+        if not archs:
+            raise SpaceError(f"family {family!r} has no architectures")
+    space.validate(tuple(a for archs in study.families.values() for a in archs))
+    check_normalization(study.normalization)
+    if cfg.trials <= 0:
+        raise ValueError(f"TRIALS={cfg.trials} must be > 0")
+    return space
+
+
+def _seed(*parts: object) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def _fail_orphans(sub: optuna.Study) -> int:
+    """Mark RUNNING trials of dead processes on this host FAIL, so a rerun resumes cleanly."""
+    host, n = socket.gethostname(), 0
+    for t in sub.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or pid is None:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            sub._storage.set_trial_user_attr(t._trial_id, "stop_reason", "killed")
+            sub._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            n += 1
+    return n
+
+
+def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Optuna trials -> the store's trials and epochs tables."""
+    rows, epochs = [], []
+    for family, sub in subs.items():
+        for t in sub.get_trials(deepcopy=False):
+            ua, hist = t.user_attrs, t.user_attrs.get("epochs", [])
+            stop = ua.get("stop_reason", "")
+            rows.append({
+                "family": family, "number": t.number, "state": t.state.name,
+                "arch": ua.get("arch"), "value": t.value,
+                "best_val_acc": max((h["val_acc"] for h in hist), default=math.nan),
+                "final_val_acc": hist[-1]["val_acc"] if hist else math.nan,
+                "final_val_loss": hist[-1]["val_loss"] if hist else math.nan,
+                "epochs_planned": t.params.get("epochs"), "epochs_run": len(hist),
+                "pruned_at": hist[-1]["epoch"] if hist and stop in ("pruned", "budget") else None,
+                "stop_reason": stop,
+                **{k: ua.get(k) for k in ("wall_seconds", "params_count", "seed", "device",
+                                          "threads", "git_sha", "versions", "data_md5",
+                                          "split_hash")},
+                "datetime_start": t.datetime_start,
+                **{f"param_{k}": v for k, v in t.params.items()},
+            })
+            epochs += [{"family": family, "number": t.number, **h} for h in hist]
+    trials = pd.DataFrame(rows, columns=list(store.TRIAL_COLUMNS) if not rows else None)
+    trials["pruned_at"] = trials["pruned_at"].astype("Int64")
+    return trials, pd.DataFrame(epochs, columns=list(store.EPOCH_COLUMNS))
+
+
+def importances(subs: dict[str, optuna.Study]) -> pd.DataFrame:
+    """Optuna's default evaluator per family, on completed trials' validation objective."""
+    rows = []
+    for family, sub in subs.items():
+        if len(sub.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+            continue
+        try:
+            found = optuna.importance.get_param_importances(sub)
+        except (ValueError, RuntimeError):  # e.g. no parameter varies across complete trials
+            continue
+        rows += [{"family": family, "param": p, "importance": v} for p, v in found.items()]
+    return pd.DataFrame(rows, columns=list(store.IMPORTANCE_COLUMNS))
+
+
+def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Split,
+               device: torch.device, base_seed: int, prov: dict, deadline: float | None,
+               progress: Progress, epoch_task) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        start = time.perf_counter()
+        recipe = space.sample(trial, archs)
+        seed = _seed(base_seed, family, trial.number)
+        for k, v in {**prov, "arch": recipe.arch, "seed": seed, "host": socket.gethostname(),
+                     "pid": os.getpid(), "recipe": recipe.to_dict()}.items():
+            trial.set_user_attr(k, v)
+        train.seed_everything(seed)
+        model, opt, sched = train.build(recipe, len(split.x_train), device)
+        trial.set_user_attr("params_count", count_params(model))
+        progress.reset(epoch_task, total=recipe.epochs,
+                       description=f"  {family} #{trial.number} epochs")
+        history, stop = [], ""
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+            nonlocal stop
+            history.append(metrics)
+            progress.advance(epoch_task)
+            trial.report(metrics["val_acc"], epoch)
+            if trial.should_prune():
+                stop = "pruned"
+            elif deadline is not None and time.monotonic() > deadline and epoch < recipe.epochs:
+                stop = "budget"
+            return bool(stop)
+
+        try:
+            train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, seed, on_epoch)
+        except train.NonFiniteLoss:
+            stop = "nonfinite"
+            raise
+        finally:
+            trial.set_user_attr("epochs", history)
+            trial.set_user_attr("wall_seconds", time.perf_counter() - start)
+            trial.set_user_attr("stop_reason", stop)
+        if stop:
+            raise optuna.TrialPruned(f"{stop} after epoch {history[-1]['epoch']}")
+        return history[-1]["val_acc"]
+
+    return objective
+
+
+def run(study: Study, cfg: RunConfig, console: Console) -> Path:
+    """Run (or continue) the study; returns its results folder."""
+    device = torch.device(cfg.device)
+    space = validate(study, cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    families = list(study.families)
+    raw = data.load_train()
+    split = data.train_val(raw, SMOKE_VAL if cfg.smoke else study.val_size, cfg.seed,
+                           study.normalization, device, SMOKE_SUBSET if cfg.smoke else None)
+    prov = {**provenance.collect(device), "data_md5": json.dumps(split.md5, sort_keys=True),
+            "split_hash": split.split_hash}
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "runs.jsonl").open("a") as fh:  # one line per invocation: config + provenance
+        fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "config": asdict(cfg), "space": asdict(space),
+                             "question": study.question, **prov}, default=str) + "\n")
+
+    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    subs: dict[str, optuna.Study] = {}
+    for family in families:
+        sub = optuna.create_study(storage=storage, study_name=f"{cfg.name}.{family}",
+                                  direction="maximize", load_if_exists=True,
+                                  pruner=study.pruner(space.epochs[1]))
+        _fail_orphans(sub)
+        sub.sampler = study.sampler(_seed(cfg.seed, family, "sampler", len(sub.trials)))
+        subs[family] = sub
+
+    quota = math.ceil(cfg.trials / len(families))
+    budget = cfg.timeout / len(families) if cfg.timeout else None
+    used = dict.fromkeys(families, 0.0)
+
+    def finished(family: str) -> int:
+        return sum(t.state.is_finished() for t in subs[family].get_trials(deepcopy=False))
+
+    def share(family: str) -> float:
+        return max(finished(family) / quota, used[family] / budget if budget else 0.0)
+
+    def save(*_: object) -> None:
+        store.write_study(out, *frames(subs))
+
+    todo = sum(max(quota - finished(f), 0) for f in families)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            trial_task = progress.add_task("trials", total=todo)
+            epoch_task = progress.add_task("  epochs", total=1)
+            while live := [f for f in families if share(f) < 1.0]:
+                family = min(live, key=share)
+                deadline = time.monotonic() + budget - used[family] if budget else None
+                objective = _objective(family, study.families[family], space, split, device,
+                                       cfg.seed, prov, deadline, progress, epoch_task)
+                progress.update(trial_task, description=f"trials ({family})")
+                start = time.perf_counter()
+                subs[family].optimize(objective, n_trials=1, catch=(train.NonFiniteLoss,),
+                                      callbacks=[save])
+                used[family] += time.perf_counter() - start
+                progress.advance(trial_task)
+    finally:
+        trials, epochs = frames(subs)
+        store.write_study(out, trials, epochs, importances(subs))
+    console.print(summary_table(trials))
+    return out
+
+
+def summary_table(trials: pd.DataFrame) -> Table:
+    """Best completed trial per family, validation numbers only."""
+    table = Table(title="Best trial per family (validation only; test is held out)")
+    for col in ("family", "trials", "complete", "pruned", "failed", "best val acc",
+                "val loss", "epochs", "params", "seconds", "arch / optimizer / lr / bs"):
+        table.add_column(col, justify="left" if col.startswith(("family", "arch")) else "right")
+    for family, df in trials.groupby("family", sort=False):
+        states = df["state"].value_counts()
+        done = df[df["state"] == "COMPLETE"]
+        counts = [str(len(df)), *(str(states.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL"))]
+        if done.empty:
+            table.add_row(str(family), *counts, *["-"] * 6)
+            continue
+        best = done.loc[done["value"].idxmax()]
+        table.add_row(
+            str(family), *counts, f"{best['value']:.4f}", f"{best['final_val_loss']:.4f}",
+            str(best["epochs_run"]), f"{best['params_count']:,}", f"{best['wall_seconds']:.2f}",
+            f"{best['arch']} / {best['param_optimizer']} / {best['param_lr']:.2g} / "
+            f"{best['param_batch_size']}",
+        )
+    return table

@@ -1,0 +1,138 @@
+"""Pure training and evaluation: no Optuna, no files.
+
+`fit` takes a model, an optimizer, a per-step schedule, tensors already on the device and a
+callback `on_epoch(epoch, metrics) -> bool` (epochs count from 1, so an epoch number is
+also the resource a pruner sees); returning True stops training after that epoch.
+Batches are drawn by index from a seeded per-epoch permutation of tensors that live on the device,
+so no DataLoader or per-sample transform runs in the loop, and the host syncs once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import models, optim
+from bench.data import Split
+
+OnEpoch = Callable[[int, dict[str, float]], bool]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: the mean train loss of an epoch was NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines one training run besides data and seed."""
+
+    arch: str
+    lr: float
+    batch_size: int
+    epochs: int
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    schedule_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available; asking for CUDA without one is an error, not a fallback."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device; valid: auto, cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)  # seeds CPU and every CUDA device
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def build(recipe: Recipe, n_train: int, device: torch.device):
+    """Model, optimizer and per-step schedule for `recipe` on `device`."""
+    model = models.create_model(recipe.arch, **recipe.arch_kwargs).to(device)
+    opt = optim.create_optimizer(recipe.optimizer, model.parameters(), recipe.lr,
+                                 recipe.weight_decay, **recipe.optimizer_kwargs)
+    per_epoch = steps_per_epoch(n_train, recipe.batch_size)
+    sched = optim.create_schedule(recipe.schedule, opt, per_epoch * recipe.epochs, per_epoch,
+                                  **recipe.schedule_kwargs)
+    return model, opt, sched
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 2048) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over all of (x, y), in eval mode."""
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for i in range(0, len(x), batch_size):
+        out = model(x[i:i + batch_size])
+        loss += F.cross_entropy(out, y[i:i + batch_size], reduction="sum")
+        correct += (out.argmax(1) == y[i:i + batch_size]).sum()
+    return loss.item() / len(x), correct.item() / len(x)
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    data: Split,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    on_epoch: OnEpoch | None = None,
+) -> list[dict[str, float]]:
+    """Train for up to `epochs`; returns one metrics dict per epoch run.
+
+    The last batch of an epoch is the partial remainder, so every image is seen once per epoch.
+    Raises NonFiniteLoss when an epoch's loss is NaN/inf (the callback still sees that epoch).
+    """
+    gen = torch.Generator(device=data.x_train.device).manual_seed(seed)
+    n = len(data.x_train)
+    history = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        total = torch.zeros((), device=data.x_train.device)
+        order = torch.randperm(n, generator=gen, device=data.x_train.device)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.detach() * len(idx)
+        train_loss = total.item() / n
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - start}
+        history.append(metrics)
+        stop = on_epoch(epoch, metrics) if on_epoch else False
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"train loss {train_loss} at epoch {epoch}")
+        if stop:
+            break
+    return history

@@ -1,0 +1,47 @@
+"""Under the same budget, how much does the best CNN beat the best MLP on validation accuracy, and
+at what cost (train seconds, parameters)?
+
+Scientific parameter: the architecture family (MLP or CNN).
+Nuisance parameters, tuned separately per family with the same budget (trials on GPU, seconds on
+CPU): the family's shape (MLP depth/width/dropout/batch-norm; CNN blocks/channels/convs/dropout/
+hidden units), batch size, learning rate (log), epochs, optimizer and its knobs, weight decay and
+learning-rate schedule.
+Fixed: MNIST with (0.1307, 0.3081) normalisation, a seeded stratified 50k/10k train/validation
+split, cross-entropy, validation accuracy after the last epoch as the objective, TPE sampling and
+Hyperband pruning on validation accuracy. The test set is not read.
+
+Run: make study NAME=mlp_vs_cnn  (add DEVICE=cpu, TRIALS=, TIMEOUT=, SEED=, SMOKE=1)
+"""
+
+import optuna
+
+from bench.space import Space
+from bench.study import Study
+
+STUDY = Study(
+    question=__doc__,
+    families={"mlp": ("mlp",), "cnn": ("cnn",)},
+    # GPU: 100 trials, wide ranges.
+    space=Space(
+        batch_size=(64, 128, 256, 512),
+        lr=(1e-4, 1e-1),
+        epochs=(3, 12),
+        arch_ranges={"mlp": {"width": (64, 1024)}, "cnn": {"channels": (16, 64)}},
+    ),
+    # 2-core CPU: same knobs, smaller shapes and fewer epochs, so a family's half of the 14-minute
+    # budget holds tens of trials.
+    cpu_space=Space(
+        batch_size=(128, 256, 512),
+        lr=(1e-4, 1e-1),
+        epochs=(1, 4),
+        arch_ranges={
+            "mlp": {"width": (32, 512)},
+            "cnn": {"blocks": (1, 2), "channels": (8, 16), "convs": (1, 1), "hidden": (32, 128)},
+        },
+    ),
+    trials=100,
+    timeout={"cpu": 840, "cuda": None},
+    sampler=lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=8),
+    pruner=lambda max_epochs: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=max_epochs, reduction_factor=3),
+)
