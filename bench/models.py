@@ -97,7 +97,7 @@ def mlp_400_200_100() -> nn.Module:
 
 @register_model("mlp-64-32-softmax", "mlp")
 def mlp_64_32_softmax() -> nn.Module:
-    """784-64-ReLU-32-ReLU-10 then Softmax: fed to CrossEntropy it is the recipe's double softmax."""
+    """784-64-ReLU-32-ReLU-10 then Softmax; CrossEntropy on it is the recipe's double softmax."""
     return nn.Sequential(_mlp([64, 32]), nn.Softmax(dim=1))
 
 

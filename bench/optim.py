@@ -1,7 +1,7 @@
 """Optimizer and learning-rate-schedule registries: the one place either is named.
 
-An optimizer entry builds `torch.optim` from (params, lr, weight_decay, **knobs) and samples its own
-knobs from a trial; a schedule entry builds a per-step `torch.optim.lr_scheduler` from the total
+An optimizer entry builds `torch.optim` from (params, lr, weight_decay, **knobs) and samples its
+own knobs from a trial; a schedule entry builds a `torch.optim.lr_scheduler` from the total
 number of steps and the steps in one epoch, so every schedule is stepped once per batch.
 """
 
@@ -61,7 +61,7 @@ def schedule_space(name: str, trial: optuna.Trial, **ranges: Any) -> dict[str, A
     return _get(SCHEDULES, "schedule", name).space(trial, **ranges)
 
 
-# --- optimizers -----------------------------------------------------------------------------------
+# --- optimizers ------------------------------------------------------------
 
 
 def _sgd_space(trial, momentum=(0.0, 0.99), nesterov=(False, True)):
@@ -104,7 +104,7 @@ def _rmsprop(params, lr, weight_decay, alpha=0.99, momentum=0.0):
                                weight_decay=weight_decay)
 
 
-# --- schedules (stepped once per batch) -----------------------------------------------------------
+# --- schedules (stepped once per batch) ----------------------------------------
 
 
 @_register(SCHEDULES, "schedule", "constant")

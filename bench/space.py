@@ -64,7 +64,8 @@ class Space:
                 if name not in spaces:
                     raise SpaceError(f"ranges given for {name!r}, which is not in play; "
                                      f"in play: {', '.join(spaces)}")
-                known = list(inspect.signature(spaces[name]).parameters)[1:] if spaces[name] else []
+                space = spaces[name]
+                known = list(inspect.signature(space).parameters)[1:] if space else []
                 for key in kwargs:
                     if key not in known:
                         raise SpaceError(f"{name} has no range {key!r}; valid: "
@@ -89,7 +90,8 @@ class Space:
             lr=trial.suggest_float("lr", *self.lr, log=True),
             epochs=trial.suggest_int("epochs", *self.epochs),
             optimizer=opt,
-            optimizer_kwargs=optim.optimizer_space(opt, trial, **self.optimizer_ranges.get(opt, {})),
+            optimizer_kwargs=optim.optimizer_space(opt, trial,
+                                                   **self.optimizer_ranges.get(opt, {})),
             weight_decay=trial.suggest_float("weight_decay", *self.weight_decay, log=True),
             schedule=sched,
             schedule_kwargs=optim.schedule_space(sched, trial,

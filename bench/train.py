@@ -50,7 +50,7 @@ class Recipe:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available; asking for CUDA without one is an error, not a fallback."""
+    """`auto` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
     if name not in DEVICES:
         raise ValueError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
     if name == "auto":
