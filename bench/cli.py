@@ -104,17 +104,6 @@ def load_study(name: str) -> study.Study:
     return found
 
 
-def config_table(cfg: study.RunConfig, space: Any, device_name: str) -> Table:
-    table = Table(title=f"study {cfg.name}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in {**vars(cfg), "out": cfg.out, "device name": device_name}.items():
-        table.add_row(key, str(value))
-    for key, value in vars(space).items():
-        table.add_row(f"space.{key}", str(value))
-    return table
-
-
 def cmd_study(args: argparse.Namespace, console: Console) -> None:
     overrides = parse_overrides(args.settings, STUDY_KEYS)
     name = overrides.pop("name", None) or args.name
@@ -123,10 +112,6 @@ def cmd_study(args: argparse.Namespace, console: Console) -> None:
     definition = load_study(name)
     device = train.resolve_device(overrides.pop("device", "auto"))
     cfg = study.resolve(definition, name, device, overrides)
-    space = study.validate(definition, cfg)
-    from bench.provenance import device_name
-
-    console.print(config_table(cfg, space, device_name(device)))
     out = study.run(definition, cfg, console)
     console.print(f"results: {out}/trials.parquet, {out}/epochs.parquet "
                   f"(Optuna journal: {out}/optuna.journal)")

@@ -142,12 +142,14 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
     return idx[~val_mask], idx[val_mask]
 
 
+def check_normalization(name: str) -> None:
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {name!r}; valid: {', '.join(NORMALIZATIONS)}")
+
+
 def to_inputs(images: torch.Tensor, normalization: str, device: torch.device) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], normalised, on `device`, once."""
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}"
-        )
+    check_normalization(normalization)
     x = images.to(device).unsqueeze(1).float().div_(255)
     if (stats := NORMALIZATIONS[normalization]) is not None:
         x.sub_(stats[0]).div_(stats[1])

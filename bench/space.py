@@ -14,7 +14,6 @@ from typing import Any
 import optuna
 
 from bench import models, optim
-from bench.data import NORMALIZATIONS
 from bench.train import Recipe
 
 
@@ -98,7 +97,3 @@ class Space:
                                                  **self.schedule_ranges.get(sched, {})),
         )
 
-
-def check_normalization(name: str) -> None:
-    if name not in NORMALIZATIONS:
-        raise SpaceError(f"unknown normalization {name!r}; valid: {', '.join(NORMALIZATIONS)}")

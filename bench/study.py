@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +31,7 @@ from rich.table import Table
 
 from bench import data, provenance, store, train
 from bench.models import count_params
-from bench.space import Space, SpaceError, check_normalization
+from bench.space import Space, SpaceError
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
 
@@ -98,7 +99,7 @@ def validate(study: Study, cfg: RunConfig) -> Space:
         if not archs:
             raise SpaceError(f"family {family!r} has no architectures")
     space.validate(tuple(a for archs in study.families.values() for a in archs))
-    check_normalization(study.normalization)
+    data.check_normalization(study.normalization)
     if cfg.trials <= 0:
         raise ValueError(f"TRIALS={cfg.trials} must be > 0")
     return space
@@ -108,7 +109,7 @@ def _seed(*parts: object) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-def _fail_orphans(sub: optuna.Study) -> int:
+def _fail_orphans(sub: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
     """Mark RUNNING trials of dead processes on this host FAIL, so a rerun resumes cleanly."""
     host, n = socket.gethostname(), 0
     for t in sub.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -118,8 +119,8 @@ def _fail_orphans(sub: optuna.Study) -> int:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            sub._storage.set_trial_user_attr(t._trial_id, "stop_reason", "killed")
-            sub._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(t._trial_id, "stop_reason", "killed")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             n += 1
     return n
 
@@ -159,7 +160,9 @@ def importances(subs: dict[str, optuna.Study]) -> pd.DataFrame:
         if len(sub.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
             continue
         try:
-            found = optuna.importance.get_param_importances(sub)
+            with warnings.catch_warnings():  # small studies trigger accuracy warnings per param
+                warnings.simplefilter("ignore")
+                found = optuna.importance.get_param_importances(sub)
         except (ValueError, RuntimeError):  # e.g. no parameter varies across complete trials
             continue
         rows += [{"family": family, "param": p, "importance": v} for p, v in found.items()]
@@ -215,6 +218,7 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
     device = torch.device(cfg.device)
     space = validate(study, cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    console.print(config_table(cfg, space, provenance.device_name(device)))
     families = list(study.families)
     raw = data.load_train()
     split = data.train_val(raw, SMOKE_VAL if cfg.smoke else study.val_size, cfg.seed,
@@ -223,20 +227,25 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
             "split_hash": split.split_hash}
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "runs.jsonl").open("a") as fh:  # one line per invocation: config + provenance
-        fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "config": asdict(cfg), "space": asdict(space),
-                             "question": study.question, **prov}, default=str) + "\n")
-
     storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
     subs: dict[str, optuna.Study] = {}
     for family in families:
         sub = optuna.create_study(storage=storage, study_name=f"{cfg.name}.{family}",
                                   direction="maximize", load_if_exists=True,
                                   pruner=study.pruner(space.epochs[1]))
-        _fail_orphans(sub)
+        seen = {t.user_attrs.get("split_hash") for t in sub.get_trials(deepcopy=False)}
+        if seen - {None, split.split_hash}:
+            raise ValueError(f"{out} holds a study on another train/validation split (SEED or "
+                             "study file changed); continue it with its own settings or choose "
+                             "another RESULTS_DIR")
+        _fail_orphans(sub, storage)
         sub.sampler = study.sampler(_seed(cfg.seed, family, "sampler", len(sub.trials)))
         subs[family] = sub
+
+    with (out / "runs.jsonl").open("a") as fh:  # one line per invocation: config + provenance
+        fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "config": asdict(cfg), "space": asdict(space),
+                             "question": study.question, **prov}, default=str) + "\n")
 
     quota = math.ceil(cfg.trials / len(families))
     budget = cfg.timeout / len(families) if cfg.timeout else None
@@ -257,6 +266,7 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             trial_task = progress.add_task("trials", total=todo)
+            clock = progress.add_task("budget (s)", total=cfg.timeout, visible=bool(budget))
             epoch_task = progress.add_task("  epochs", total=1)
             while live := [f for f in families if share(f) < 1.0]:
                 family = min(live, key=share)
@@ -269,11 +279,23 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
                                       callbacks=[save])
                 used[family] += time.perf_counter() - start
                 progress.advance(trial_task)
+                progress.update(clock, completed=sum(used.values()))
     finally:
         trials, epochs = frames(subs)
         store.write_study(out, trials, epochs, importances(subs))
     console.print(summary_table(trials))
     return out
+
+
+def config_table(cfg: RunConfig, space: Space, device_name: str) -> Table:
+    table = Table(title=f"study {cfg.name}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in {**vars(cfg), "out": cfg.out, "device name": device_name}.items():
+        table.add_row(key, str(value))
+    for key, value in vars(space).items():
+        table.add_row(f"space.{key}", str(value))
+    return table
 
 
 def summary_table(trials: pd.DataFrame) -> Table:

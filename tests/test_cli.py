@@ -1,0 +1,81 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["study", "nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["study", "NAME=../studies/mlp_vs_cnn"],
+     "error: unknown study '../studies/mlp_vs_cnn'; valid: mlp_vs_cnn"),
+    (["study"], "error: no study named; give NAME=..., one of: mlp_vs_cnn"),
+    (["study", "mlp_vs_cnn", "TRIAL=5"],
+     "error: unknown setting 'TRIAL'; valid: NAME, TRIALS, TIMEOUT, DEVICE, SEED, SMOKE, "
+     "RESULTS_DIR"),
+    (["study", "mlp_vs_cnn", "TRIALS=ten"],
+     "error: TRIALS='ten' is not valid: expected a positive integer"),
+    (["study", "mlp_vs_cnn", "TRIALS=0"],
+     "error: TRIALS='0' is not valid: expected a positive integer"),
+    (["study", "mlp_vs_cnn", "TIMEOUT=-1"],
+     "error: TIMEOUT='-1' is not valid: expected a number of seconds (0 = no limit)"),
+    (["study", "mlp_vs_cnn", "DEVICE=tpu"],
+     "error: DEVICE='tpu' is not valid: expected auto or cpu or cuda"),
+    (["study", "mlp_vs_cnn", "SMOKE=yes"], "error: SMOKE='yes' is not valid: expected 0 or 1"),
+])
+def test_bad_input_is_one_line_and_nonzero_and_writes_nothing(args, message, tmp_path):
+    proc = bench(*args, f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message
+    assert not (tmp_path / "r").exists() and not (tmp_path / "results").exists()
+
+
+def test_make_hands_its_variables_to_the_cli(tmp_path):
+    proc = subprocess.run(["make", "-s", "study", "NAME=mlp_vs_cnn", "TRAILS=3",
+                           f"RESULTS_DIR={tmp_path}", f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "error: unknown setting 'TRAILS'" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    env_dir = tmp_path / "empty"
+    env_dir.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
+         f"RESULTS_DIR={tmp_path / 'r'}"], capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "MNIST_DIR": str(env_dir)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: missing MNIST file {env_dir}/train-images-idx3-ubyte.gz "
+        "(expected train-images-idx3-ubyte.gz or train-images-idx3-ubyte)")
+    assert not (tmp_path / "r").exists()
+
+
+def test_list_shows_every_registry():
+    proc = bench("list")
+    assert proc.returncode == 0, proc.stderr
+    for word in ("mlp-400-200-100", "cnn-conv32", "lenet5", "cnn-bn", "adamw", "rmsprop",
+                 "onecycle", "cosine", "study mlp_vs_cnn"):
+        assert word in proc.stdout
+
+
+def test_help_lists_subcommands():
+    proc = bench("--help")
+    assert proc.returncode == 0 and "study" in proc.stdout and "list" in proc.stdout
+
+
+def test_overrides_parse_types():
+    parsed = cli.parse_overrides(["TRIALS=7", "TIMEOUT=1.5", "SEED=-3", "SMOKE=1",
+                                  "DEVICE=cpu", "PYTHON=python3"], cli.STUDY_KEYS)
+    assert parsed == {"trials": 7, "timeout": 1.5, "seed": -3, "smoke": True, "device": "cpu"}

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from bench import optim
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Linear(4, 2)
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_every_optimizer_takes_a_step(name):
+    model = _model()
+    opt = optim.create_optimizer(name, model.parameters(), lr=0.1, weight_decay=1e-4)
+    before = model.weight.detach().clone()
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.step()
+    assert not torch.equal(before, model.weight)
+
+
+@pytest.mark.parametrize("name", sorted(optim.SCHEDULES))
+def test_every_schedule_runs_its_total_steps(name):
+    opt = optim.create_optimizer("sgd", _model().parameters(), lr=0.1, momentum=0.9)
+    sched = optim.create_schedule(name, opt, total_steps=20, epoch_steps=5)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert all(0 <= lr <= 0.1 + 1e-12 for lr in lrs)
+    assert opt.param_groups[0]["momentum"] == 0.9  # schedules leave sampled knobs alone
+
+
+def test_schedule_shapes():
+    def lrs(name, **kw):
+        opt = optim.create_optimizer("sgd", _model().parameters(), lr=0.1)
+        sched = optim.create_schedule(name, opt, total_steps=20, epoch_steps=5, **kw)
+        out = []
+        for _ in range(20):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("constant") == [0.1] * 20
+    step = lrs("step", every=2, gamma=0.5)
+    assert step[:10] == [0.1] * 10 and step[10:] == pytest.approx([0.05] * 10)
+    cosine = lrs("cosine")
+    assert cosine[0] == 0.1 and cosine[-1] < 0.01 and cosine == sorted(cosine, reverse=True)
+    onecycle = lrs("onecycle", pct_start=0.25)
+    assert max(onecycle) == pytest.approx(0.1) and onecycle[0] < 0.01 and onecycle[-1] < 0.001
+
+
+def test_unknown_names_list_choices():
+    message = "unknown optimizer 'lion'; valid: adam, adamw, rmsprop, sgd"
+    with pytest.raises(KeyError, match=message):
+        optim.create_optimizer("lion", _model().parameters(), lr=0.1)
+    with pytest.raises(KeyError, match="unknown schedule 'warm'; valid: constant, cosine"):
+        optim.create_schedule("warm", None, 1, 1)

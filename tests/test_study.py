@@ -1,0 +1,157 @@
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from rich.console import Console
+
+from bench import data, store, study
+from bench.space import Space
+
+SPACE = Space(
+    batch_size=(64,), lr=(1e-3, 1e-2), epochs=(2, 3), optimizers=("adam", "sgd"),
+    schedules=("constant", "cosine"),
+    arch_ranges={"mlp": {"depth": (1, 1), "width": (16, 32)},
+                 "cnn": {"blocks": (1, 1), "channels": (4, 4), "convs": (1, 1),
+                         "hidden": (16, 16)}},
+)
+STUDY = study.Study(
+    question="test study", families={"mlp": ("mlp",), "cnn": ("cnn",)}, space=SPACE,
+    trials=8, val_size=200,
+    sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    pruner=lambda max_epochs: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+)
+
+
+def _run(tmp_path, definition=STUDY, **overrides):
+    cfg = study.RunConfig(name="t", trials=overrides.pop("trials", definition.trials),
+                          timeout=overrides.pop("timeout", None), device="cpu",
+                          seed=overrides.pop("seed", 0),
+                          smoke=False, results_dir=tmp_path / "results")
+    out = study.run(definition, cfg, Console(quiet=True))
+    return store.read(out, "trials"), store.read(out, "epochs"), out
+
+
+def test_study_writes_documented_store_with_pruned_trials(tiny_mnist, tmp_path):
+    trials, epochs, out = _run(tmp_path)
+    assert list(trials.columns[:len(store.TRIAL_COLUMNS)]) == list(store.TRIAL_COLUMNS)
+    assert {"param_lr", "param_batch_size", "param_mlp.width0", "param_cnn.channels"} <= set(
+        trials.columns)
+    assert list(epochs.columns) == list(store.EPOCH_COLUMNS)
+    assert trials.groupby("family").size().to_dict() == {"mlp": 4, "cnn": 4}  # equal budget
+    assert set(trials["state"]) <= {"COMPLETE", "PRUNED"}
+    pruned = trials[trials["state"] == "PRUNED"]
+    assert len(pruned) >= 1
+    assert (pruned["stop_reason"] == "pruned").all()
+    assert (pruned["pruned_at"] == pruned["epochs_run"]).all()
+    assert (pruned["epochs_run"] < pruned["epochs_planned"]).all()
+    assert trials["pruned_at"].isna().sum() == (trials["state"] == "COMPLETE").sum()
+    assert len(epochs) == trials["epochs_run"].sum()
+    merged = epochs.groupby(["family", "number"])["val_acc"].max().rename("from_epochs")
+    check = trials.set_index(["family", "number"]).join(merged)
+    assert (check["best_val_acc"] == check["from_epochs"]).all()
+    assert trials["split_hash"].nunique() == 1 and trials["git_sha"].notna().all()
+    assert (trials["params_count"] > 0).all()
+    assert (out / "optuna.journal").is_file() and (out / "runs.jsonl").is_file()
+    assert store.read(out, "importances")["family"].isin(["mlp", "cnn"]).all()
+
+
+@pytest.fixture
+def test_file_opens():
+    """Paths of MNIST test files opened while the fixture is active (an audit hook sees them)."""
+    opened: list[str] = []
+    active = [True]
+
+    def hook(event, args):
+        if active[0] and event == "open" and "t10k" in str(args[0]):
+            opened.append(str(args[0]))
+
+    sys.addaudithook(hook)  # hooks cannot be removed; the flag switches it off
+    yield opened
+    active[0] = False
+
+
+def test_a_whole_study_never_reads_the_test_split(tiny_mnist, tmp_path, test_file_opens):
+    trials, _, _ = _run(tmp_path, trials=4)
+    assert len(trials) == 4
+    assert test_file_opens == []
+    data.load_test()  # the hook does see a read of the test split
+    assert test_file_opens and all("t10k" in p for p in test_file_opens)
+
+
+def test_rerun_continues_the_same_study(tiny_mnist, tmp_path):
+    first, _, _ = _run(tmp_path, trials=4)
+    second, _, _ = _run(tmp_path, trials=8)
+    assert second.groupby("family")["number"].apply(sorted).to_dict() == {
+        "mlp": [0, 1, 2, 3], "cnn": [0, 1, 2, 3]}
+    keep = ["family", "number", "value", "param_lr"]
+    pd.testing.assert_frame_equal(
+        first[keep].sort_values(keep[:2]).reset_index(drop=True),
+        second[second["number"] < 2][keep].sort_values(keep[:2]).reset_index(drop=True))
+    # The resumed sampler is seeded afresh, so it does not replay the first run's suggestions.
+    assert second["param_lr"].nunique() == len(second)
+
+
+def test_resuming_on_another_split_is_refused(tiny_mnist, tmp_path):
+    _run(tmp_path, trials=2)
+    with pytest.raises(ValueError, match="holds a study on another train/validation split"):
+        _run(tmp_path, trials=4, seed=1)
+    assert len(store.read(tmp_path / "results" / "t", "trials")) == 2
+
+
+def test_time_budget_is_split_between_families(tiny_mnist, tmp_path):
+    trials, _, _ = _run(tmp_path, trials=1000, timeout=4)
+    counts = trials.groupby("family").size()
+    assert set(counts.index) == {"mlp", "cnn"}
+    assert (counts < 500).all()  # the clock, not the trial quota, ended the study
+    seconds = trials.groupby("family")["wall_seconds"].sum()
+    assert (seconds > 0.5).all()
+
+
+def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_mnist, tmp_path):
+    mlp_only = {"mlp": SPACE.arch_ranges["mlp"]}
+    bad = replace(STUDY, space=replace(SPACE, lr=(1e6, 1e7), optimizers=("sgd",),
+                                       arch_ranges=mlp_only),
+                  families={"mlp": ("mlp",)}, trials=3)
+    trials, _, _ = _run(tmp_path, definition=bad)
+    assert len(trials) == 3
+    assert (trials["state"] == "FAIL").all() and (trials["stop_reason"] == "nonfinite").all()
+
+
+def test_orphaned_running_trial_is_failed_on_resume(tiny_mnist, tmp_path):
+    out = tmp_path / "results" / "t"
+    out.mkdir(parents=True)
+    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    sub = optuna.create_study(storage=storage, study_name="t.mlp", direction="maximize")
+    orphan = sub.ask()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan.set_user_attr("host", socket.gethostname())
+    orphan.set_user_attr("pid", dead.pid)
+    live = sub.ask()  # a trial of a process that is still alive must be left alone
+    live.set_user_attr("host", socket.gethostname())
+    live.set_user_attr("pid", os.getpid())
+    mlp_only = replace(STUDY, families={"mlp": ("mlp",)},
+                       space=replace(SPACE, arch_ranges={"mlp": SPACE.arch_ranges["mlp"]}))
+    trials, _, _ = _run(tmp_path, definition=mlp_only, trials=4)
+    by_number = trials.set_index("number")
+    assert by_number.loc[0, "state"] == "FAIL" and by_number.loc[0, "stop_reason"] == "killed"
+    assert by_number.loc[1, "state"] == "RUNNING"
+
+
+def test_smoke_study_on_real_mnist_through_the_cli(real_mnist, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
+         f"RESULTS_DIR={tmp_path}"], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr
+    trials = pd.read_parquet(tmp_path / "mlp_vs_cnn-smoke" / "trials.parquet")
+    assert len(trials) == study.SMOKE_TRIALS
+    assert trials.groupby("family").size().to_dict() == {"mlp": 3, "cnn": 3}
+    assert "Best trial per family" in proc.stdout

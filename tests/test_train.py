@@ -1,0 +1,78 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from bench import train
+
+
+def _fit(split, recipe, seed=0, on_epoch=None):
+    train.seed_everything(seed)
+    model, opt, sched = train.build(recipe, len(split.x_train), torch.device("cpu"))
+    return train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, seed, on_epoch)
+
+
+RECIPE = train.Recipe(arch="mlp", lr=3e-3, batch_size=64, epochs=3, optimizer="adam",
+                      schedule="cosine", arch_kwargs={"widths": [64]})
+
+
+def test_fit_learns_and_reports_every_epoch(tiny_split):
+    seen = []
+    history = _fit(tiny_split, RECIPE, on_epoch=lambda e, m: seen.append(e) or False)
+    assert seen == [1, 2, 3] and [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["val_acc"] > 0.9  # the synthetic classes are easy
+    assert history[0]["lr"] == pytest.approx(3e-3) and history[-1]["lr"] < 3e-3
+    assert set(history[0]) == {"epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"}
+
+
+def test_fit_is_deterministic_per_seed(tiny_split):
+    a, b = _fit(tiny_split, RECIPE, seed=5), _fit(tiny_split, RECIPE, seed=5)
+    c = _fit(tiny_split, RECIPE, seed=6)
+    strip = lambda h: [(x["train_loss"], x["val_acc"]) for x in h]  # noqa: E731
+    assert strip(a) == strip(b) and strip(a) != strip(c)
+
+
+def test_callback_stops_training(tiny_split):
+    history = _fit(tiny_split, RECIPE, on_epoch=lambda e, m: e == 2)
+    assert len(history) == 2
+
+
+def test_partial_last_batch_is_trained(tiny_split):
+    # 400 train images at bs 128: 3 full batches and one of 16, so 4 steps per epoch.
+    recipe = replace(RECIPE, batch_size=128, epochs=1, schedule="constant", optimizer="sgd")
+    train.seed_everything(0)
+    model, opt, sched = train.build(recipe, len(tiny_split.x_train), torch.device("cpu"))
+    train.fit(model, opt, sched, tiny_split, 128, 1, 0)
+    assert sched.last_epoch == train.steps_per_epoch(400, 128) == 4
+
+
+def test_nonfinite_loss_raises_after_reporting(tiny_split):
+    bad = replace(tiny_split, x_train=tiny_split.x_train.clone().fill_(float("nan")))
+    seen = []
+    with pytest.raises(train.NonFiniteLoss, match="train loss nan at epoch 1"):
+        _fit(bad, RECIPE, on_epoch=lambda e, m: seen.append(m) or False)
+    assert len(seen) == 1
+
+
+def test_device_resolution():
+    assert train.resolve_device("cpu").type == "cpu"
+    assert train.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'; valid: auto, cpu, cuda"):
+        train.resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_gpu_is_an_error():
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        train.resolve_device("cuda")
+
+
+@pytest.mark.gpu
+def test_fit_on_cuda_matches_cpu_quality(tiny_split):
+    cuda = train.resolve_device("cuda")
+    split = replace(tiny_split, **{k: getattr(tiny_split, k).to(cuda)
+                                   for k in ("x_train", "y_train", "x_val", "y_val")})
+    train.seed_everything(0)
+    model, opt, sched = train.build(RECIPE, len(split.x_train), cuda)
+    history = train.fit(model, opt, sched, split, RECIPE.batch_size, RECIPE.epochs, 0)
+    assert history[-1]["val_acc"] > 0.9
