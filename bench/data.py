@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ MNIST_MD5 = {
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 NORMALIZATIONS = {"none": None, "half": (0.5, 0.5), "mnist": (0.1307, 0.3081)}
-DEFAULT_CACHE = Path(".data")
+DOWNLOAD_DIR = Path(".data/mnist")  # the Makefile also uses it as MNIST_DIR once it exists
 
 
 class DataError(Exception):
@@ -53,24 +54,35 @@ class Split:
     split_hash: str
 
 
-def _source_dir(train: bool) -> Path:
-    """`MNIST_DIR` when set (offline mirror); otherwise fetch through torchvision into `.data/`."""
+def _source_dir(files: tuple[str, str]) -> Path:
+    """`MNIST_DIR` when set (offline mirror); otherwise download just `files` into `.data/mnist`.
+
+    torchvision's MNIST dataset class would fetch and unpack all four files, test included, so
+    only its mirror list and compressed-file checksums are used, with its own download helper.
+    """
     if env := os.environ.get("MNIST_DIR"):
         path = Path(env)
         if not path.is_dir():
             raise DataError(f"MNIST_DIR={env!r} is not a directory")
         return path
-    import torchvision
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.utils import download_url
 
-    root = Path(os.environ.get("MNIST_CACHE", DEFAULT_CACHE))
-    try:
-        torchvision.datasets.MNIST(str(root), train=train, download=True)
-    except Exception as exc:  # noqa: BLE001 - any network failure becomes one line
-        raise DataError(
-            f"could not download MNIST into {root} ({exc}); set MNIST_DIR to a folder "
-            "holding the four original .gz files"
-        ) from None
-    return root / "MNIST" / "raw"
+    root = DOWNLOAD_DIR
+    for filename, md5 in MNIST.resources:
+        if filename.removesuffix(".gz") not in files or (root / filename).is_file():
+            continue
+        errors = []
+        for mirror in MNIST.mirrors:
+            try:
+                download_url(f"{mirror}{filename}", root, filename, md5)
+                break
+            except Exception as exc:  # noqa: BLE001 - report every mirror's failure in one line
+                errors.append(f"{mirror}: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+        else:
+            raise DataError(f"could not download {filename} ({'; '.join(errors)}); set MNIST_DIR "
+                            "to a folder holding the original MNIST .gz files")
+    return root
 
 
 def _read(directory: Path, name: str, md5: dict[str, str]) -> tuple[bytes, str]:
@@ -85,7 +97,7 @@ def _read(directory: Path, name: str, md5: dict[str, str]) -> tuple[bytes, str]:
     try:
         with opener(path, "rb") as fh:
             data = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"unreadable MNIST file {path}: {exc}") from None
     digest = hashlib.md5(data).hexdigest()
     if digest != md5[name]:
@@ -102,9 +114,9 @@ def _parse_idx(data: bytes, name: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _load(files: tuple[str, str], train: bool, md5: dict[str, str] | None) -> Raw:
+def _load(files: tuple[str, str], md5: dict[str, str] | None) -> Raw:
     md5 = md5 or MNIST_MD5
-    directory = _source_dir(train)
+    directory = _source_dir(files)
     (img_bytes, img_md5), (lbl_bytes, lbl_md5) = (_read(directory, f, md5) for f in files)
     images, labels = _parse_idx(img_bytes, files[0]), _parse_idx(lbl_bytes, files[1])
     if len(images) != len(labels):
@@ -118,12 +130,12 @@ def _load(files: tuple[str, str], train: bool, md5: dict[str, str] | None) -> Ra
 
 def load_train(md5: dict[str, str] | None = None) -> Raw:
     """The 60k training images: the only MNIST files a study ever opens."""
-    return _load(TRAIN_FILES, True, md5)
+    return _load(TRAIN_FILES, md5)
 
 
 def load_test(md5: dict[str, str] | None = None) -> Raw:
     """The held-out test images. Only finalist scoring and fixed recipes may call this."""
-    return _load(TEST_FILES, False, md5)
+    return _load(TEST_FILES, md5)
 
 
 def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, ...]:

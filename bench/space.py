@@ -28,6 +28,12 @@ def _check_range(name: str, lo: float, hi: float, positive: bool = True) -> None
         raise SpaceError(f"{name} range ({lo}, {hi}) must be > 0")
 
 
+def _is_interval(value: Any) -> bool:
+    """A (low, high) pair of numbers; tuples of choices such as (False, True) are not."""
+    return (isinstance(value, tuple) and len(value) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))
+
+
 def _check_names(kind: str, names: tuple[str, ...], valid: list[str]) -> None:
     if not names:
         raise SpaceError(f"no {kind} given; valid: {', '.join(valid)}")
@@ -65,10 +71,12 @@ class Space:
                                      f"in play: {', '.join(spaces)}")
                 space = spaces[name]
                 known = list(inspect.signature(space).parameters)[1:] if space else []
-                for key in kwargs:
+                for key, value in kwargs.items():
                     if key not in known:
                         raise SpaceError(f"{name} has no range {key!r}; valid: "
                                          f"{', '.join(known) or '(none)'}")
+                    if _is_interval(value):
+                        _check_range(f"{name}.{key}", *value, positive=False)
         if not self.batch_size or min(self.batch_size) <= 0:
             raise SpaceError(f"batch sizes {self.batch_size} must all be > 0")
         _check_range("lr", *self.lr)

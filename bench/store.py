@@ -26,7 +26,7 @@ TRIAL_COLUMNS = {
     "epochs_planned": "epochs the trial sampled",
     "epochs_run": "epochs actually trained",
     "pruned_at": "epoch after which it stopped early (pruned or out of budget), else NA",
-    "stop_reason": "pruned, budget, nonfinite or empty",
+    "stop_reason": "pruned, budget, nonfinite, interrupted, killed or empty",
     "wall_seconds": "trial wall time, model build to last evaluation",
     "params_count": "trainable parameters",
     "seed": "the trial's torch seed",
@@ -36,6 +36,7 @@ TRIAL_COLUMNS = {
     "versions": "python and package versions",
     "data_md5": "uncompressed MD5 of each MNIST file read (JSON)",
     "split_hash": "sha256 prefix of the validation indices",
+    "space_hash": "sha256 prefix of the search space, families, normalisation and split size",
     "datetime_start": "when the trial started",
 }
 EPOCH_COLUMNS = {

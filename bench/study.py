@@ -9,6 +9,7 @@ a study never opens the test files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -44,7 +45,7 @@ class Study:
     families: dict[str, tuple[str, ...]]
     space: Space
     cpu_space: Space | None = None
-    trials: int = 100
+    trials: dict[str, int] = field(default_factory=lambda: {"cpu": 100, "cuda": 100})
     timeout: dict[str, float | None] = field(default_factory=lambda: {"cpu": None, "cuda": None})
     sampler: Callable[[int], optuna.samplers.BaseSampler] = (
         lambda seed: optuna.samplers.TPESampler(seed=seed))
@@ -78,7 +79,7 @@ def resolve(study: Study, name: str, device: torch.device, overrides: dict) -> R
     timeout = overrides.get("timeout", default_timeout)
     return RunConfig(
         name=name,
-        trials=overrides.get("trials", SMOKE_TRIALS if smoke else study.trials),
+        trials=overrides.get("trials", SMOKE_TRIALS if smoke else study.trials[device.type]),
         timeout=timeout or None,
         device=device.type,
         seed=overrides.get("seed", 0),
@@ -107,6 +108,12 @@ def validate(study: Study, cfg: RunConfig) -> Space:
 
 def _seed(*parts: object) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def _space_hash(space: Space, study: Study) -> str:
+    """What a continued study must share: ranges, families, normalisation and split size."""
+    spec = [asdict(space), study.families, study.normalization, study.val_size]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _fail_orphans(sub: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
@@ -143,7 +150,7 @@ def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "stop_reason": stop,
                 **{k: ua.get(k) for k in ("wall_seconds", "params_count", "seed", "device",
                                           "threads", "git_sha", "versions", "data_md5",
-                                          "split_hash")},
+                                          "split_hash", "space_hash")},
                 "datetime_start": t.datetime_start,
                 **{f"param_{k}": v for k, v in t.params.items()},
             })
@@ -191,7 +198,7 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
             history.append(metrics)
             progress.advance(epoch_task)
             trial.report(metrics["val_acc"], epoch)
-            if trial.should_prune():
+            if epoch < recipe.epochs and trial.should_prune():  # never prune a finished run
                 stop = "pruned"
             elif deadline is not None and time.monotonic() > deadline and epoch < recipe.epochs:
                 stop = "budget"
@@ -201,6 +208,9 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
             train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, seed, on_epoch)
         except train.NonFiniteLoss:
             stop = "nonfinite"
+            raise
+        except KeyboardInterrupt:
+            stop = "interrupted"
             raise
         finally:
             trial.set_user_attr("epochs", history)
@@ -217,14 +227,14 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
     """Run (or continue) the study; returns its results folder."""
     device = torch.device(cfg.device)
     space = validate(study, cfg)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes go to the store and table
     console.print(config_table(cfg, space, provenance.device_name(device)))
     families = list(study.families)
     raw = data.load_train()
     split = data.train_val(raw, SMOKE_VAL if cfg.smoke else study.val_size, cfg.seed,
                            study.normalization, device, SMOKE_SUBSET if cfg.smoke else None)
     prov = {**provenance.collect(device), "data_md5": json.dumps(split.md5, sort_keys=True),
-            "split_hash": split.split_hash}
+            "split_hash": split.split_hash, "space_hash": _space_hash(space, study)}
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
@@ -233,11 +243,12 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
         sub = optuna.create_study(storage=storage, study_name=f"{cfg.name}.{family}",
                                   direction="maximize", load_if_exists=True,
                                   pruner=study.pruner(space.epochs[1]))
-        seen = {t.user_attrs.get("split_hash") for t in sub.get_trials(deepcopy=False)}
-        if seen - {None, split.split_hash}:
-            raise ValueError(f"{out} holds a study on another train/validation split (SEED or "
-                             "study file changed); continue it with its own settings or choose "
-                             "another RESULTS_DIR")
+        seen = {(t.user_attrs.get("split_hash"), t.user_attrs.get("space_hash"))
+                for t in sub.get_trials(deepcopy=False)}
+        if seen - {(None, None), (prov["split_hash"], prov["space_hash"])}:
+            raise ValueError(f"{out} holds a study with another split or search space (SEED, "
+                             "DEVICE or the study file changed); continue it with its own "
+                             "settings or choose another RESULTS_DIR")
         _fail_orphans(sub, storage)
         sub.sampler = study.sampler(_seed(cfg.seed, family, "sampler", len(sub.trials)))
         subs[family] = sub
@@ -257,7 +268,7 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
     def share(family: str) -> float:
         return max(finished(family) / quota, used[family] / budget if budget else 0.0)
 
-    def save(*_: object) -> None:
+    def save() -> None:
         store.write_study(out, *frames(subs))
 
     todo = sum(max(quota - finished(f), 0) for f in families)
@@ -275,9 +286,9 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
                                        cfg.seed, prov, deadline, progress, epoch_task)
                 progress.update(trial_task, description=f"trials ({family})")
                 start = time.perf_counter()
-                subs[family].optimize(objective, n_trials=1, catch=(train.NonFiniteLoss,),
-                                      callbacks=[save])
+                subs[family].optimize(objective, n_trials=1, catch=(train.NonFiniteLoss,))
                 used[family] += time.perf_counter() - start
+                save()  # after every trial, so a killed run loses nothing completed
                 progress.advance(trial_task)
                 progress.update(clock, completed=sum(used.values()))
     finally:
@@ -301,21 +312,24 @@ def config_table(cfg: RunConfig, space: Space, device_name: str) -> Table:
 def summary_table(trials: pd.DataFrame) -> Table:
     """Best completed trial per family, validation numbers only."""
     table = Table(title="Best trial per family (validation only; test is held out)")
-    for col in ("family", "trials", "complete", "pruned", "failed", "best val acc",
-                "val loss", "epochs", "params", "seconds", "arch / optimizer / lr / bs"):
-        table.add_column(col, justify="left" if col.startswith(("family", "arch")) else "right")
+    heads = ("family", "trials", "done", "pruned", "cut by budget", "failed", "family s",
+             "best val acc", "val loss", "epochs", "params", "trial s", "optimizer / lr / bs")
+    for col in heads:
+        table.add_column(col, justify="left" if col in (heads[0], heads[-1]) else "right")
     for family, df in trials.groupby("family", sort=False):
-        states = df["state"].value_counts()
+        reason = df["stop_reason"].value_counts()
+        counts = [len(df), (df["state"] == "COMPLETE").sum(), reason.get("pruned", 0),
+                  reason.get("budget", 0), (df["state"] == "FAIL").sum(),
+                  f"{df['wall_seconds'].sum():.0f}"]
         done = df[df["state"] == "COMPLETE"]
-        counts = [str(len(df)), *(str(states.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL"))]
         if done.empty:
-            table.add_row(str(family), *counts, *["-"] * 6)
+            table.add_row(str(family), *map(str, counts), *["-"] * 6)
             continue
         best = done.loc[done["value"].idxmax()]
         table.add_row(
-            str(family), *counts, f"{best['value']:.4f}", f"{best['final_val_loss']:.4f}",
-            str(best["epochs_run"]), f"{best['params_count']:,}", f"{best['wall_seconds']:.2f}",
-            f"{best['arch']} / {best['param_optimizer']} / {best['param_lr']:.2g} / "
-            f"{best['param_batch_size']}",
+            str(family), *map(str, counts), f"{best['value']:.4f}",
+            f"{best['final_val_loss']:.4f}", str(best["epochs_run"]),
+            f"{best['params_count']:,}", f"{best['wall_seconds']:.1f}",
+            f"{best['param_optimizer']} / {best['param_lr']:.2g} / {best['param_batch_size']}",
         )
     return table

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,12 @@ from bench import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # also when the package is not installed
+
+
 def bench(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
+                          text=True, timeout=120, cwd=cwd, env=ENV)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -42,7 +46,7 @@ def test_bad_input_is_one_line_and_nonzero_and_writes_nothing(args, message, tmp
 def test_make_hands_its_variables_to_the_cli(tmp_path):
     proc = subprocess.run(["make", "-s", "study", "NAME=mlp_vs_cnn", "TRAILS=3",
                            f"RESULTS_DIR={tmp_path}", f"PYTHON={sys.executable}"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV)
     assert proc.returncode != 0
     assert "error: unknown setting 'TRAILS'" in proc.stderr
     assert not any(tmp_path.iterdir())
@@ -54,7 +58,7 @@ def test_missing_data_is_one_clear_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
          f"RESULTS_DIR={tmp_path / 'r'}"], capture_output=True, text=True, timeout=120,
-        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "MNIST_DIR": str(env_dir)})
+        cwd=ROOT, env={"PATH": ENV["PATH"], "PYTHONPATH": str(ROOT), "MNIST_DIR": str(env_dir)})
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"error: missing MNIST file {env_dir}/train-images-idx3-ubyte.gz "
@@ -77,5 +81,6 @@ def test_help_lists_subcommands():
 
 def test_overrides_parse_types():
     parsed = cli.parse_overrides(["TRIALS=7", "TIMEOUT=1.5", "SEED=-3", "SMOKE=1",
-                                  "DEVICE=cpu", "PYTHON=python3"], cli.STUDY_KEYS)
+                                  "DEVICE=cpu", "PYTHON=python3", "MNIST_DIR=/data"],
+                                 cli.STUDY_KEYS)
     assert parsed == {"trials": 7, "timeout": 1.5, "seed": -3, "smoke": True, "device": "cpu"}

@@ -1,9 +1,13 @@
 import gzip
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 from bench import data
+from tests.conftest import write_mnist
 
 
 def test_load_train_reads_tiny_files(tiny_mnist):
@@ -97,3 +101,46 @@ def test_real_mnist_checksums(real_mnist):
     raw = data.load_train()
     assert raw.images.shape == (60000, 28, 28)
     assert raw.md5 == {k: data.MNIST_MD5[k] for k in data.TRAIN_FILES}
+
+
+def test_online_download_fetches_only_the_files_asked_for(tmp_path, monkeypatch):
+    source = tmp_path / "mirror"
+    monkeypatch.setattr(data, "MNIST_MD5", write_mnist(source))
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    monkeypatch.setattr(data, "DOWNLOAD_DIR", tmp_path / "cache")
+    fetched = []
+
+    def fake_download(url, root, filename, md5):
+        fetched.append(filename)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / filename, Path(root) / filename)
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", fake_download)
+    assert len(data.load_train().labels) == 1200
+    assert fetched == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    data.load_train()
+    assert len(fetched) == 2  # cached files are not fetched again
+
+
+def test_failed_download_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    monkeypatch.setattr(data, "DOWNLOAD_DIR", tmp_path / "cache")
+
+    def offline(url, root, filename, md5):
+        raise RuntimeError("Error downloading\nTried mirror, got:\n<urlopen error>")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", offline)
+    with pytest.raises(data.DataError) as info:
+        data.load_train()
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("could not download train-images-idx3-ubyte.gz")
+    assert "set MNIST_DIR" in str(info.value)
+
+
+def test_bit_flipped_gzip_is_one_clear_error(tiny_mnist):
+    path = tiny_mnist / "train-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(data.DataError, match=r"(unreadable|corrupt) MNIST file"):
+        data.load_train()

@@ -17,6 +17,8 @@ ARCHS = ("mlp", "cnn")
     ({"schedules": ("warmup",)}, "unknown schedule 'warmup'; valid: constant"),
     ({"arch_ranges": {"mlp": {"widht": (8, 16)}}}, "mlp has no range 'widht'; valid: depth"),
     ({"arch_ranges": {"lenet5": {}}}, "ranges given for 'lenet5', which is not in play"),
+    ({"arch_ranges": {"mlp": {"width": (1024, 64)}}}, r"mlp.width range \(1024, 64\) has low"),
+    ({"optimizer_ranges": {"sgd": {"momentum": (0.9, 0.1)}}}, "sgd.momentum range"),
 ])
 def test_invalid_spaces_raise_one_clear_error(change, message):
     with pytest.raises(SpaceError, match=message):
