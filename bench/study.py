@@ -35,6 +35,7 @@ from bench.models import count_params
 from bench.space import Space, SpaceError
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
+LOST = ("interrupted", "killed")  # trials that ended without an outcome; retried on resume
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,20 @@ def _fail_orphans(sub: optuna.Study, storage: optuna.storages.BaseStorage) -> in
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             n += 1
     return n
+
+
+def _retry_interrupted(sub: optuna.Study) -> None:
+    """Queue the configuration of every interrupted or killed trial once more."""
+    trials = sub.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.number not in retried and t.user_attrs.get("stop_reason") in LOST:
+            sub.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+
+def _counts(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial used up budget: it ran to an outcome (a divergence is one)."""
+    return t.state.is_finished() and t.user_attrs.get("stop_reason") not in LOST
 
 
 def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -250,6 +265,7 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
                              "DEVICE or the study file changed); continue it with its own "
                              "settings or choose another RESULTS_DIR")
         _fail_orphans(sub, storage)
+        _retry_interrupted(sub)
         sub.sampler = study.sampler(_seed(cfg.seed, family, "sampler", len(sub.trials)))
         subs[family] = sub
 
@@ -263,7 +279,7 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
     used = dict.fromkeys(families, 0.0)
 
     def finished(family: str) -> int:
-        return sum(t.state.is_finished() for t in subs[family].get_trials(deepcopy=False))
+        return sum(_counts(t) for t in subs[family].get_trials(deepcopy=False))
 
     def share(family: str) -> float:
         return max(finished(family) / quota, used[family] / budget if budget else 0.0)
@@ -295,6 +311,8 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
         trials, epochs = frames(subs)
         store.write_study(out, trials, epochs, importances(subs))
     console.print(summary_table(trials))
+    if line := comparison(trials):
+        console.print(line)
     return out
 
 
@@ -312,24 +330,38 @@ def config_table(cfg: RunConfig, space: Space, device_name: str) -> Table:
 def summary_table(trials: pd.DataFrame) -> Table:
     """Best completed trial per family, validation numbers only."""
     table = Table(title="Best trial per family (validation only; test is held out)")
-    heads = ("family", "trials", "done", "pruned", "cut by budget", "failed", "family s",
-             "best val acc", "val loss", "epochs", "params", "trial s", "optimizer / lr / bs")
+    heads = ("family", "trials", "done/pruned/cut/failed", "family s", "best val acc",
+             "val loss", "epochs", "params", "trial s", "optimizer, lr, bs")
     for col in heads:
         table.add_column(col, justify="left" if col in (heads[0], heads[-1]) else "right")
     for family, df in trials.groupby("family", sort=False):
         reason = df["stop_reason"].value_counts()
-        counts = [len(df), (df["state"] == "COMPLETE").sum(), reason.get("pruned", 0),
-                  reason.get("budget", 0), (df["state"] == "FAIL").sum(),
-                  f"{df['wall_seconds'].sum():.0f}"]
+        outcomes = [(df["state"] == "COMPLETE").sum(), reason.get("pruned", 0),
+                    reason.get("budget", 0), (df["state"] == "FAIL").sum()]
+        head = [str(family), str(len(df)), "/".join(map(str, outcomes)),
+                f"{df['wall_seconds'].sum():.0f}"]
         done = df[df["state"] == "COMPLETE"]
         if done.empty:
-            table.add_row(str(family), *map(str, counts), *["-"] * 6)
+            table.add_row(*head, *["-"] * 6)
             continue
         best = done.loc[done["value"].idxmax()]
         table.add_row(
-            str(family), *map(str, counts), f"{best['value']:.4f}",
-            f"{best['final_val_loss']:.4f}", str(best["epochs_run"]),
-            f"{best['params_count']:,}", f"{best['wall_seconds']:.1f}",
-            f"{best['param_optimizer']} / {best['param_lr']:.2g} / {best['param_batch_size']}",
+            *head, f"{best['value']:.4f}", f"{best['final_val_loss']:.4f}",
+            str(best["epochs_run"]), f"{best['params_count']:,}", f"{best['wall_seconds']:.1f}",
+            f"{best['param_optimizer']}, {best['param_lr']:.2g}, {best['param_batch_size']}",
         )
     return table
+
+
+def comparison(trials: pd.DataFrame) -> str:
+    """The study's answer in one line: best family against the runner-up, on validation."""
+    done = trials[trials["state"] == "COMPLETE"]
+    if done["family"].nunique() < 2:
+        return ""
+    best = done.loc[done.groupby("family")["value"].idxmax()].sort_values("value", ascending=False)
+    a, b = best.iloc[0], best.iloc[1]
+    return (f"validation: best {a['family']} {a['value']:.2%} vs best {b['family']} "
+            f"{b['value']:.2%} ({(a['value'] - b['value']) * 100:+.2f} pp) at "
+            f"{a['wall_seconds']:.1f} s / {a['params_count']:,} params vs "
+            f"{b['wall_seconds']:.1f} s / {b['params_count']:,} params per trial")
+

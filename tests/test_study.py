@@ -1,7 +1,9 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -168,6 +170,7 @@ def test_orphaned_running_trial_is_failed_on_resume(tiny_mnist, tmp_path):
     by_number = trials.set_index("number")
     assert by_number.loc[0, "state"] == "FAIL" and by_number.loc[0, "stop_reason"] == "killed"
     assert by_number.loc[1, "state"] == "RUNNING"
+    assert len(trials) == 2 + 4  # the killed trial does not use up budget
 
 
 def test_smoke_study_on_real_mnist_through_the_cli(real_mnist, tmp_path):
@@ -180,3 +183,44 @@ def test_smoke_study_on_real_mnist_through_the_cli(real_mnist, tmp_path):
     assert len(trials) == study.SMOKE_TRIALS
     assert trials.groupby("family").size().to_dict() == {"mlp": 3, "cnn": 3}
     assert "Best trial per family" in proc.stdout
+
+
+def test_comparison_line_answers_the_question():
+    trials = pd.DataFrame({
+        "family": ["mlp", "mlp", "cnn", "cnn"],
+        "state": ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"],
+        "value": [0.97, 0.98, 0.991, 0.995], "wall_seconds": [1.0, 2.0, 10.0, 1.0],
+        "params_count": [100, 200, 3000, 10]})
+    assert study.comparison(trials) == (
+        "validation: best cnn 99.10% vs best mlp 98.00% (+1.10 pp) at 10.0 s / 3,000 params "
+        "vs 2.0 s / 200 params per trial")
+    assert study.comparison(trials[trials["family"] == "mlp"]) == ""
+
+
+def test_ctrl_c_keeps_completed_trials_and_the_rerun_continues(real_mnist, tmp_path):
+    cmd = [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
+           f"RESULTS_DIR={tmp_path}"]
+    store_file = tmp_path / "mlp_vs_cnn-smoke" / "trials.parquet"
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    while not store_file.exists() and proc.poll() is None:  # the store appears after trial 1
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "completed trials are kept" in err
+    first = pd.read_parquet(store_file)
+    assert (first["state"] == "COMPLETE").sum() + (first["state"] == "PRUNED").sum() >= 1
+    assert "RUNNING" not in set(first["state"])
+    assert (first.loc[first["state"] == "FAIL", "stop_reason"] == "interrupted").all()
+    rerun = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    second = pd.read_parquet(store_file)
+    outcome = second[~second["stop_reason"].isin(["interrupted", "killed"])]
+    assert outcome.groupby("family").size().to_dict() == {"mlp": 3, "cnn": 3}
+    for _, lost in first[first["stop_reason"] == "interrupted"].iterrows():  # retried as-is
+        same = second[(second["family"] == lost["family"]) & (second["number"] > lost["number"])]
+        assert (same["param_lr"] == lost["param_lr"]).any()
+    kept = first[first["state"] == "COMPLETE"].set_index(["family", "number"])["value"]
+    assert second.set_index(["family", "number"]).loc[kept.index, "value"].equals(kept)
