@@ -138,13 +138,20 @@ def _retry_interrupted(sub: optuna.Study) -> None:
     trials = sub.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
-        if t.number not in retried and t.user_attrs.get("stop_reason") in LOST:
+        if t.number not in retried and _stop_reason(t) in LOST:
             sub.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
 
 
 def _counts(t: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial used up budget: it ran to an outcome (a divergence is one)."""
-    return t.state.is_finished() and t.user_attrs.get("stop_reason") not in LOST
+    return t.state.is_finished() and _stop_reason(t) not in LOST
+
+
+def _stop_reason(t: optuna.trial.FrozenTrial) -> str:
+    """The objective records why a trial stopped; a FAIL without a record never reached it."""
+    if t.state == TrialState.FAIL and "stop_reason" not in t.user_attrs:
+        return "interrupted"
+    return t.user_attrs.get("stop_reason", "")
 
 
 def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -153,7 +160,7 @@ def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for family, sub in subs.items():
         for t in sub.get_trials(deepcopy=False):
             ua, hist = t.user_attrs, t.user_attrs.get("epochs", [])
-            stop = ua.get("stop_reason", "")
+            stop = _stop_reason(t)
             rows.append({
                 "family": family, "number": t.number, "state": t.state.name,
                 "arch": ua.get("arch"), "value": t.value,
@@ -195,31 +202,31 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
                device: torch.device, base_seed: int, prov: dict, deadline: float | None,
                progress: Progress, epoch_task) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
-        start = time.perf_counter()
-        recipe = space.sample(trial, archs)
-        seed = _seed(base_seed, family, trial.number)
-        for k, v in {**prov, "arch": recipe.arch, "seed": seed, "host": socket.gethostname(),
-                     "pid": os.getpid(), "recipe": recipe.to_dict()}.items():
-            trial.set_user_attr(k, v)
-        train.seed_everything(seed)
-        model, opt, sched = train.build(recipe, len(split.x_train), device)
-        trial.set_user_attr("params_count", count_params(model))
-        progress.reset(epoch_task, total=recipe.epochs,
-                       description=f"  {family} #{trial.number} epochs")
-        history, stop = [], ""
+        start, history, stop = time.perf_counter(), [], ""
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
             nonlocal stop
             history.append(metrics)
             progress.advance(epoch_task)
             trial.report(metrics["val_acc"], epoch)
-            if epoch < recipe.epochs and trial.should_prune():  # never prune a finished run
+            last = trial.params["epochs"]
+            if epoch < last and trial.should_prune():  # never prune a finished run
                 stop = "pruned"
-            elif deadline is not None and time.monotonic() > deadline and epoch < recipe.epochs:
+            elif deadline is not None and time.monotonic() > deadline and epoch < last:
                 stop = "budget"
             return bool(stop)
 
-        try:
+        try:  # everything, so that an interrupt anywhere in the trial is recorded as such
+            recipe = space.sample(trial, archs)
+            seed = _seed(base_seed, family, trial.number)
+            for k, v in {**prov, "arch": recipe.arch, "seed": seed, "pid": os.getpid(),
+                         "host": socket.gethostname(), "recipe": recipe.to_dict()}.items():
+                trial.set_user_attr(k, v)
+            train.seed_everything(seed)
+            model, opt, sched = train.build(recipe, len(split.x_train), device)
+            trial.set_user_attr("params_count", count_params(model))
+            progress.reset(epoch_task, total=recipe.epochs,
+                           description=f"  {family} #{trial.number} epochs")
             train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, seed, on_epoch)
         except train.NonFiniteLoss:
             stop = "nonfinite"
@@ -329,8 +336,9 @@ def config_table(cfg: RunConfig, space: Space, device_name: str) -> Table:
 
 def summary_table(trials: pd.DataFrame) -> Table:
     """Best completed trial per family, validation numbers only."""
-    table = Table(title="Best trial per family (validation only; test is held out)")
-    heads = ("family", "trials", "done/pruned/cut/failed", "family s", "best val acc",
+    table = Table(title="Best trial per family (validation only; test is held out)",
+                  caption="outcomes: completed / pruned / cut by the time budget / failed")
+    heads = ("family", "trials", "outcomes", "family s", "best val acc",
              "val loss", "epochs", "params", "trial s", "optimizer, lr, bs")
     for col in heads:
         table.add_column(col, justify="left" if col in (heads[0], heads[-1]) else "right")
