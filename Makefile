@@ -15,9 +15,15 @@ endif
 # Offline MNIST mirror: ../shared/datasets/mnist beside the checkout, else .data/mnist; neither
 # present means torchvision downloads into .data/.
 ifeq ($(MNIST_DIR),)
-  MNIST_DIR := $(firstword $(wildcard $(abspath ../shared/datasets/mnist) $(abspath .data/mnist)))
+  MNIST_DIR := $(patsubst %/train-images-idx3-ubyte.gz,%,$(firstword $(wildcard \
+    $(abspath ../shared/datasets/mnist)/train-images-idx3-ubyte.gz \
+    $(abspath .data/mnist)/train-images-idx3-ubyte.gz)))
 endif
 export MNIST_DIR
+
+# Study settings given as environment variables (`SMOKE=1 make study ...`) count too.
+STUDY_KEYS := NAME TRIALS TIMEOUT DEVICE SEED SMOKE RESULTS_DIR
+ENV_SETTINGS := $(foreach v,$(STUDY_KEYS),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
 
 .PHONY: help setup study list test test-full test-gpu lint clean
 
@@ -36,7 +42,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 study: $(SETUP) ## run or continue a study: make study NAME=mlp_vs_cnn [TRIALS= TIMEOUT= DEVICE= SEED= SMOKE=1]
-	$(PY) -m bench study $(MAKEOVERRIDES)
+	$(PY) -m bench study $(ENV_SETTINGS) $(MAKEOVERRIDES)
 
 list: $(SETUP) ## list registered models, optimizers, schedules and studies
 	$(PY) -m bench list

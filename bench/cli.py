@@ -57,6 +57,12 @@ def _flag(v: str) -> bool:
     return v == "1"
 
 
+def _nonempty(v: str) -> str:
+    if not v.strip():
+        raise ValueError("a non-empty path")
+    return v
+
+
 def _device(v: str) -> str:
     if v not in train.DEVICES:
         raise ValueError(" or ".join(train.DEVICES))
@@ -65,7 +71,7 @@ def _device(v: str) -> str:
 
 STUDY_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "TRIALS": _positive_int, "TIMEOUT": _seconds, "DEVICE": _device,
-    "SEED": _int, "SMOKE": _flag, "RESULTS_DIR": str,
+    "SEED": _int, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
 }
 
 
@@ -152,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DataError, SpaceError, ValueError) as exc:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. an unwritable RESULTS_DIR
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: completed trials are kept; rerun the same command to continue",

@@ -80,6 +80,8 @@ def _source_dir(files: tuple[str, str]) -> Path:
             except Exception as exc:  # noqa: BLE001 - report every mirror's failure in one line
                 errors.append(f"{mirror}: {str(exc).splitlines()[0] if str(exc) else exc!r}")
         else:
+            if root.is_dir() and not any(root.iterdir()):
+                root.rmdir()  # leave no empty cache that would look like a mirror later
             raise DataError(f"could not download {filename} ({'; '.join(errors)}); set MNIST_DIR "
                             "to a folder holding the original MNIST .gz files")
     return root

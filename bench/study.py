@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import data, provenance, store, train
+from bench import data, optim, provenance, store, train
 from bench.models import count_params
 from bench.space import Space, SpaceError
 
@@ -179,6 +179,16 @@ def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
             epochs += [{"family": family, "number": t.number, **h} for h in hist]
     trials = pd.DataFrame(rows, columns=list(store.TRIAL_COLUMNS) if not rows else None)
     trials["pruned_at"] = trials["pruned_at"].astype("Int64")
+    # Parameters absent from some trials (conditional ones) would turn ints into floats and
+    # bools into objects; the distributions say what each column really holds.
+    dists = {name: dist for sub in subs.values() for t in sub.get_trials(deepcopy=False)
+             for name, dist in t.distributions.items()}
+    for name, dist in dists.items():
+        if isinstance(dist, optuna.distributions.IntDistribution):
+            trials[f"param_{name}"] = trials[f"param_{name}"].astype("Int64")
+        elif isinstance(dist, optuna.distributions.CategoricalDistribution) and all(
+                isinstance(c, bool) for c in dist.choices):
+            trials[f"param_{name}"] = trials[f"param_{name}"].astype("boolean")
     return trials, pd.DataFrame(epochs, columns=list(store.EPOCH_COLUMNS))
 
 
@@ -250,7 +260,6 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
     device = torch.device(cfg.device)
     space = validate(study, cfg)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes go to the store and table
-    console.print(config_table(cfg, space, provenance.device_name(device)))
     families = list(study.families)
     raw = data.load_train()
     split = data.train_val(raw, SMOKE_VAL if cfg.smoke else study.val_size, cfg.seed,
@@ -260,18 +269,22 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    existing = set(optuna.get_all_study_names(storage))
+    for name in existing & {f"{cfg.name}.{f}" for f in families}:  # check all before writing
+        seen = {(t.user_attrs.get("split_hash"), t.user_attrs.get("space_hash"))
+                for t in storage.get_all_trials(storage.get_study_id_from_name(name), False)}
+        if seen - {(None, None), (prov["split_hash"], prov["space_hash"])}:
+            raise ValueError(f"{out} holds a study with another split or search space (SEED, "
+                             "DEVICE or the study file changed); continue it with its own "
+                             "settings or choose another RESULTS_DIR")
+    console.print(config_table(cfg, space, prov["device"]))
     subs: dict[str, optuna.Study] = {}
     for family in families:
         sub = optuna.create_study(storage=storage, study_name=f"{cfg.name}.{family}",
                                   direction="maximize", load_if_exists=True,
                                   pruner=study.pruner(space.epochs[1]))
-        seen = {(t.user_attrs.get("split_hash"), t.user_attrs.get("space_hash"))
-                for t in sub.get_trials(deepcopy=False)}
-        if seen - {(None, None), (prov["split_hash"], prov["space_hash"])}:
-            raise ValueError(f"{out} holds a study with another split or search space (SEED, "
-                             "DEVICE or the study file changed); continue it with its own "
-                             "settings or choose another RESULTS_DIR")
-        _fail_orphans(sub, storage)
+        if n := _fail_orphans(sub, storage):
+            console.print(f"{family}: {n} trial(s) of a killed run marked FAIL")
         _retry_interrupted(sub)
         sub.sampler = study.sampler(_seed(cfg.seed, family, "sampler", len(sub.trials)))
         subs[family] = sub
@@ -295,6 +308,9 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
         store.write_study(out, *frames(subs))
 
     todo = sum(max(quota - finished(f), 0) for f in families)
+    if todo == 0:
+        console.print(f"already {quota} trials per family; raise TRIALS= to continue")
+    _warm_up(space, device)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     try:
@@ -314,6 +330,7 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
                 save()  # after every trial, so a killed run loses nothing completed
                 progress.advance(trial_task)
                 progress.update(clock, completed=sum(used.values()))
+            progress.update(epoch_task, visible=False)
     finally:
         trials, epochs = frames(subs)
         store.write_study(out, trials, epochs, importances(subs))
@@ -321,6 +338,15 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
     if line := comparison(trials):
         console.print(line)
     return out
+
+
+def _warm_up(space: Space, device: torch.device) -> None:
+    """One step of each optimizer first, so the first trial is not charged torch's lazy set-up."""
+    for name in space.optimizers:
+        layer = torch.nn.Linear(2, 2).to(device)
+        opt = optim.create_optimizer(name, layer.parameters(), lr=1e-3)
+        layer(torch.zeros(1, 2, device=device)).sum().backward()
+        opt.step()
 
 
 def config_table(cfg: RunConfig, space: Space, device_name: str) -> Table:
@@ -338,7 +364,7 @@ def summary_table(trials: pd.DataFrame) -> Table:
     """Best completed trial per family, validation numbers only."""
     table = Table(title="Best trial per family (validation only; test is held out)",
                   caption="outcomes: completed / pruned / cut by the time budget / failed")
-    heads = ("family", "trials", "outcomes", "family s", "best val acc",
+    heads = ("family", "trials", "outcomes", "total s", "best val acc",
              "val loss", "epochs", "params", "trial s", "optimizer, lr, bs")
     for col in heads:
         table.add_column(col, justify="left" if col in (heads[0], heads[-1]) else "right")
@@ -355,7 +381,7 @@ def summary_table(trials: pd.DataFrame) -> Table:
         best = done.loc[done["value"].idxmax()]
         table.add_row(
             *head, f"{best['value']:.4f}", f"{best['final_val_loss']:.4f}",
-            str(best["epochs_run"]), f"{best['params_count']:,}", f"{best['wall_seconds']:.1f}",
+            str(best["epochs_run"]), f"{best['params_count']:,}", f"{best['wall_seconds']:.3g}",
             f"{best['param_optimizer']}, {best['param_lr']:.2g}, {best['param_batch_size']}",
         )
     return table
@@ -370,6 +396,6 @@ def comparison(trials: pd.DataFrame) -> str:
     a, b = best.iloc[0], best.iloc[1]
     return (f"validation: best {a['family']} {a['value']:.2%} vs best {b['family']} "
             f"{b['value']:.2%} ({(a['value'] - b['value']) * 100:+.2f} pp) at "
-            f"{a['wall_seconds']:.1f} s / {a['params_count']:,} params vs "
-            f"{b['wall_seconds']:.1f} s / {b['params_count']:,} params per trial")
+            f"{a['wall_seconds']:.3g} s / {a['params_count']:,} params vs "
+            f"{b['wall_seconds']:.3g} s / {b['params_count']:,} params per trial")
 

@@ -35,6 +35,8 @@ def bench(*args, cwd=ROOT):
     (["study", "mlp_vs_cnn", "DEVICE=tpu"],
      "error: DEVICE='tpu' is not valid: expected auto or cpu or cuda"),
     (["study", "mlp_vs_cnn", "SMOKE=yes"], "error: SMOKE='yes' is not valid: expected 0 or 1"),
+    (["study", "mlp_vs_cnn", "RESULTS_DIR="],
+     "error: RESULTS_DIR='' is not valid: expected a non-empty path"),
 ])
 def test_bad_input_is_one_line_and_nonzero_and_writes_nothing(args, message, tmp_path):
     proc = bench(*args, f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)
@@ -84,3 +86,23 @@ def test_overrides_parse_types():
                                   "DEVICE=cpu", "PYTHON=python3", "MNIST_DIR=/data"],
                                  cli.STUDY_KEYS)
     assert parsed == {"trials": 7, "timeout": 1.5, "seed": -3, "smoke": True, "device": "cpu"}
+
+
+def test_unwritable_results_dir_is_one_line(real_mnist, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
+         f"RESULTS_DIR={blocker}"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**ENV, "MNIST_DIR": str(real_mnist)})
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert str(blocker) in proc.stderr
+
+
+def test_make_takes_settings_from_the_environment_too(tmp_path):
+    proc = subprocess.run(["make", "-s", "study", "NAME=mlp_vs_cnn", f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**ENV, "TRIALS": "zero", "RESULTS_DIR": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "error: TRIALS='zero' is not valid" in proc.stderr

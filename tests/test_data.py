@@ -127,6 +127,7 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DOWNLOAD_DIR", tmp_path / "cache")
 
     def offline(url, root, filename, md5):
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before fetching
         raise RuntimeError("Error downloading\nTried mirror, got:\n<urlopen error>")
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_url", offline)
@@ -135,6 +136,7 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
     assert str(info.value).startswith("could not download train-images-idx3-ubyte.gz")
     assert "set MNIST_DIR" in str(info.value)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_bit_flipped_gzip_is_one_clear_error(tiny_mnist):
