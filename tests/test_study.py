@@ -13,7 +13,7 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from rich.console import Console
 
-from bench import data, store, study
+from bench import data, store, study, tables
 from bench.space import Space
 
 SPACE = Space(
@@ -193,10 +193,10 @@ def test_comparison_line_answers_the_question():
         "state": ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"],
         "value": [0.97, 0.98, 0.991, 0.995], "wall_seconds": [1.0, 2.0, 10.0, 1.0],
         "params_count": [100, 200, 3000, 10]})
-    assert study.comparison(trials) == (
+    assert tables.comparison(trials) == (
         "validation: best cnn 99.10% vs best mlp 98.00% (+1.10 pp) at 10 s / 3,000 params "
         "vs 2 s / 200 params per trial")
-    assert study.comparison(trials[trials["family"] == "mlp"]) == ""
+    assert tables.comparison(trials[trials["family"] == "mlp"]) == ""
 
 
 def test_ctrl_c_keeps_completed_trials_and_the_rerun_continues(real_mnist, tmp_path):
