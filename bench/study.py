@@ -13,7 +13,9 @@ import hashlib
 import json
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import warnings
 import zlib
@@ -35,6 +37,10 @@ from bench.space import Space, SpaceError
 from bench.tables import comparison, config_table, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
+class Interrupted(Exception):
+    """Ctrl-C asked the study to stop; the trial ends FAIL and its configuration is retried."""
+
+
 LOST = ("interrupted", "killed")  # trials that ended without an outcome; retried on resume
 
 
@@ -210,7 +216,8 @@ def importances(subs: dict[str, optuna.Study]) -> pd.DataFrame:
 
 def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Split,
                device: torch.device, base_seed: int, prov: dict, deadline: float | None,
-               progress: Progress, epoch_task) -> Callable[[optuna.Trial], float]:
+               progress: Progress, epoch_task,
+               interrupt: threading.Event) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         start, history, stop = time.perf_counter(), [], ""
 
@@ -220,7 +227,9 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
             progress.advance(epoch_task)
             trial.report(metrics["val_acc"], epoch)
             last = trial.params["epochs"]
-            if epoch < last and trial.should_prune():  # never prune a finished run
+            if interrupt.is_set():
+                stop = "interrupted"
+            elif epoch < last and trial.should_prune():  # never prune a finished run
                 stop = "pruned"
             elif deadline is not None and time.monotonic() > deadline and epoch < last:
                 stop = "budget"
@@ -248,6 +257,8 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
             trial.set_user_attr("epochs", history)
             trial.set_user_attr("wall_seconds", time.perf_counter() - start)
             trial.set_user_attr("stop_reason", stop)
+        if stop == "interrupted":
+            raise Interrupted(f"interrupted after epoch {history[-1]['epoch']}")
         if stop:
             raise optuna.TrialPruned(f"{stop} after epoch {history[-1]['epoch']}")
         return history[-1]["val_acc"]
@@ -313,6 +324,17 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
     _warm_up(space, device)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
+    # The first Ctrl-C stops at the next epoch boundary, so no journal write is cut in half;
+    # a second one stops at once.
+    interrupt = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if interrupt.is_set():
+            raise KeyboardInterrupt
+        interrupt.set()
+        console.print("stopping after this epoch (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             trial_task = progress.add_task("trials", total=todo)
@@ -322,21 +344,28 @@ def run(study: Study, cfg: RunConfig, console: Console) -> Path:
                 family = min(live, key=share)
                 deadline = time.monotonic() + budget - used[family] if budget else None
                 objective = _objective(family, study.families[family], space, split, device,
-                                       cfg.seed, prov, deadline, progress, epoch_task)
+                                       cfg.seed, prov, deadline, progress, epoch_task,
+                                       interrupt)
                 progress.update(trial_task, description=f"trials ({family})")
                 start = time.perf_counter()
-                subs[family].optimize(objective, n_trials=1, catch=(train.NonFiniteLoss,))
+                subs[family].optimize(objective, n_trials=1,
+                                      catch=(train.NonFiniteLoss, Interrupted))
                 used[family] += time.perf_counter() - start
                 save()  # after every trial, so a killed run loses nothing completed
                 progress.advance(trial_task)
                 progress.update(clock, completed=sum(used.values()))
+                if interrupt.is_set():
+                    break
             progress.update(epoch_task, visible=False)
     finally:
+        signal.signal(signal.SIGINT, previous)
         trials, epochs = frames(subs)
         store.write_study(out, trials, epochs, importances(subs))
     console.print(summary_table(trials))
     if line := comparison(trials):
         console.print(line)
+    if interrupt.is_set():
+        raise KeyboardInterrupt
     return out
 
 
