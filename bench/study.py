@@ -37,6 +37,8 @@ from bench.space import Space, SpaceError
 from bench.tables import comparison, config_table, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
+
+
 class Interrupted(Exception):
     """Ctrl-C asked the study to stop; the trial ends FAIL and its configuration is retried."""
 
