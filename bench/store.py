@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,21 @@ def write_study(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame,
     if importances is not None:
         write_parquet(out / "importances.parquet",
                       _conform(importances, IMPORTANCE_COLUMNS, None))
+
+
+def log_test_access(out: Path, code: str, why: str, config: dict | None = None,
+                    seed: int | None = None) -> None:
+    """Append one line to `out`/test_access.jsonl *before* the test split is read or scored.
+
+    The line is flushed to disk first, so even a crash right after the read leaves its trace.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    line = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": code,
+            "why": why, "config": config, "seed": seed, "pid": os.getpid()}
+    with (out / "test_access.jsonl").open("a") as fh:
+        fh.write(json.dumps(line, default=str, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read(out: Path, table: str) -> pd.DataFrame:
