@@ -21,16 +21,19 @@ ifeq ($(MNIST_DIR),)
 endif
 export MNIST_DIR
 
-# Study settings given as environment variables (`SMOKE=1 make study ...`) count too.
+# Settings given as environment variables (`SMOKE=1 make study ...`) count too: $(call env,KEYS)
+# hands over those of KEYS that come from the environment.
+env = $(foreach v,$(1),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
 STUDY_KEYS := NAME TRIALS TIMEOUT DEVICE SEED SMOKE RESULTS_DIR
-ENV_SETTINGS := $(foreach v,$(STUDY_KEYS),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
+FINALIZE_KEYS := NAME K SEEDS DEVICE REFRESH SMOKE RESULTS_DIR
 
-.PHONY: help setup study list test test-full test-gpu lint clean
+.PHONY: help setup study finalize report list test test-full test-gpu lint clean
 
 help: ## show this help
 	@echo "usage: make TARGET [NAME=study] [KEY=VALUE ...]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 	@echo "study settings: NAME TRIALS TIMEOUT DEVICE=auto|cpu|cuda SEED SMOKE=1 RESULTS_DIR"
+	@echo "finalize settings: NAME K SEEDS DEVICE REFRESH=1 SMOKE=1 RESULTS_DIR"
 	@echo "PYTHON=python3 uses that interpreter instead of creating $(VENV)"
 
 setup: $(SETUP) ## create .venv and install the package with dev tools (idempotent)
@@ -42,7 +45,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 study: $(SETUP) ## run or continue a study: make study NAME=mlp_vs_cnn [TRIALS= TIMEOUT= DEVICE= SEED= SMOKE=1]
-	$(PY) -m bench study $(ENV_SETTINGS) $(MAKEOVERRIDES)
+	$(PY) -m bench study $(call env,$(STUDY_KEYS)) $(MAKEOVERRIDES)
+
+finalize: $(SETUP) ## score the validation-chosen finalists on test: make finalize NAME=x [K=2 SEEDS=3 REFRESH=1]
+	$(PY) -m bench finalize $(call env,$(FINALIZE_KEYS)) $(MAKEOVERRIDES)
+
+report: $(SETUP) ## re-render results/NAME/report.html from the store: make report NAME=x
+	$(PY) -m bench report $(call env,NAME SMOKE RESULTS_DIR) $(MAKEOVERRIDES)
 
 list: $(SETUP) ## list registered models, optimizers, schedules and studies
 	$(PY) -m bench list

@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import models, optim, study, train
+from bench import finalists, models, optim, report, study, train
 from bench.data import DataError
 from bench.space import SpaceError
 
@@ -75,6 +76,15 @@ STUDY_KEYS: dict[str, Callable[[str], Any]] = {
 }
 
 
+FINALIZE_KEYS: dict[str, Callable[[str], Any]] = {
+    "NAME": str, "K": _positive_int, "SEEDS": _positive_int, "DEVICE": _device,
+    "REFRESH": _flag, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
+}
+REPORT_KEYS: dict[str, Callable[[str], Any]] = {
+    "NAME": str, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
+}
+
+
 def parse_overrides(words: list[str], keys: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
     """KEY=VALUE words -> {key: typed value}; unknown keys and bad values raise UsageError."""
     out: dict[str, Any] = {}
@@ -110,17 +120,52 @@ def load_study(name: str) -> study.Study:
     return found
 
 
-def cmd_study(args: argparse.Namespace, console: Console) -> None:
-    overrides = parse_overrides(args.settings, STUDY_KEYS)
+def _named(args: argparse.Namespace, keys: dict[str, Callable[[str], Any]]) -> tuple:
+    """(study name, its definition, the remaining typed overrides) of a command line."""
+    overrides = parse_overrides(args.settings, keys)
     name = overrides.pop("name", None) or args.name
     if not name:
         raise UsageError(f"no study named; give NAME=..., one of: {', '.join(study_names())}")
-    definition = load_study(name)
+    return name, load_study(name), overrides
+
+
+def _folder(name: str, overrides: dict) -> Path:
+    out = study.results_folder(Path(overrides.get("results_dir", "results")), name,
+                               overrides.get("smoke", False))
+    if not (out / "trials.parquet").is_file():
+        raise UsageError(f"no study results in {out}; run `make study NAME={name}` first")
+    return out
+
+
+def cmd_study(args: argparse.Namespace, console: Console) -> None:
+    name, definition, overrides = _named(args, STUDY_KEYS)
     device = train.resolve_device(overrides.pop("device", "auto"))
     cfg = study.resolve(definition, name, device, overrides)
     out = study.run(definition, cfg, console)
+    page = report.build(out, name)
     console.print(f"results: {out}/trials.parquet, {out}/epochs.parquet "
                   f"(Optuna journal: {out}/optuna.journal)")
+    console.print(f"report (validation only): {page}")
+
+
+def cmd_finalize(args: argparse.Namespace, console: Console) -> None:
+    name, definition, overrides = _named(args, FINALIZE_KEYS)
+    out = _folder(name, overrides)
+    device = train.resolve_device(overrides.get("device", "auto"))
+    finalists.finalize(definition, out, device, overrides.get("k", finalists.K),
+                       overrides.get("seeds", finalists.SEEDS), overrides.get("refresh", False),
+                       console)
+    console.print(f"finalists: {out}/finalists.parquet; test reads logged in "
+                  f"{out}/test_access.jsonl")
+    console.print(f"report: {report.build(out, name)}")
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> None:
+    name, _, overrides = _named(args, REPORT_KEYS)
+    start = time.perf_counter()
+    page = report.build(_folder(name, overrides), name)
+    console.print(f"report: {page} ({page.stat().st_size / 1e6:.1f} MB, "
+                  f"{time.perf_counter() - start:.1f} s)")
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
@@ -141,15 +186,22 @@ def cmd_list(args: argparse.Namespace, console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("study", help="run or continue a study (reads train/validation only)")
-    p.add_argument("name", nargs="?", help="study file under studies/ (or NAME=...)")
-    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
-                   help=f"overrides: {', '.join(STUDY_KEYS)}")
-    p.set_defaults(func=cmd_study)
+    commands = (
+        ("study", cmd_study, STUDY_KEYS, "run or continue a study (reads train/validation only)"),
+        ("finalize", cmd_finalize, FINALIZE_KEYS,
+         "retrain the validation-chosen finalists over seeds and score them once on test"),
+        ("report", cmd_report, REPORT_KEYS, "render results/<name>/report.html from the store"),
+    )
+    for command, func, keys, text in commands:
+        p = sub.add_parser(command, help=text)
+        p.add_argument("name", nargs="?", help="study file under studies/ (or NAME=...)")
+        p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                       help=f"settings: {', '.join(keys)}")
+        p.set_defaults(func=func)
     p = sub.add_parser("list", help="registered models, optimizers, schedules and studies")
     p.set_defaults(func=cmd_list)
     args = parser.parse_args(argv)
-    if args.command == "study" and args.name and "=" in args.name:
+    if getattr(args, "name", None) and "=" in args.name:
         args.settings.insert(0, args.name)
         args.name = None
     console = Console(width=None if sys.stdout.isatty() else 120)
