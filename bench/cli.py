@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import finalists, models, optim, report, study, train
+from bench import finalists, models, optim, report, storage, study, train
 from bench.data import DataError
 from bench.space import SpaceError
 
@@ -72,7 +72,14 @@ def _device(v: str) -> str:
 
 STUDY_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "TRIALS": _positive_int, "TIMEOUT": _seconds, "DEVICE": _device,
-    "SEED": _int, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
+    "SEED": _int, "SMOKE": _flag, "RESULTS_DIR": _nonempty, "WORKERS": _positive_int,
+    "STORAGE": storage.check_url,
+}
+# A worker joins a study that exists and takes its settings (trials, timeout, device, seed)
+# from the storage; only where to find it, and how many processes to add, are its own.
+WORKER_KEYS: dict[str, Callable[[str], Any]] = {
+    "NAME": str, "STORAGE": storage.check_url, "WORKERS": _positive_int, "SMOKE": _flag,
+    "RESULTS_DIR": _nonempty,
 }
 
 
@@ -99,7 +106,8 @@ def parse_overrides(words: list[str], keys: dict[str, Callable[[str], Any]]) -> 
         try:
             out[key.lower()] = keys[key](value)
         except ValueError as exc:
-            raise UsageError(f"{key}={value!r} is not valid: expected {exc}") from None
+            shown = storage.masked(value)  # a storage password is never printed
+            raise UsageError(f"{key}={shown!r} is not valid: expected {exc}") from None
     return out
 
 
@@ -143,9 +151,17 @@ def cmd_study(args: argparse.Namespace, console: Console) -> None:
     cfg = study.resolve(definition, name, device, overrides)
     out = study.run(definition, cfg, console)
     page = report.build(out, name)
-    console.print(f"results: {out}/trials.parquet, {out}/epochs.parquet "
-                  f"(Optuna journal: {out}/optuna.journal)")
-    console.print(f"report (validation only): {page}")
+    where = storage.masked(cfg.storage) if cfg.storage else f"{out}/optuna.journal"
+    console.print(f"results: {out}/trials.parquet, {out}/epochs.parquet (Optuna storage: "
+                  f"{where})", markup=False)
+    console.print(f"report (validation only): {page}", markup=False)
+
+
+def cmd_worker(args: argparse.Namespace, console: Console) -> None:
+    name, definition, overrides = _named(args, WORKER_KEYS)
+    out = study.join(definition, name, overrides, console)
+    console.print(f"worker done; this machine's copy of the store: {out}/trials.parquet",
+                  markup=False)
 
 
 def cmd_finalize(args: argparse.Namespace, console: Console) -> None:
@@ -191,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         ("finalize", cmd_finalize, FINALIZE_KEYS,
          "retrain the validation-chosen finalists over seeds and score them once on test"),
         ("report", cmd_report, REPORT_KEYS, "render results/<name>/report.html from the store"),
+        ("worker", cmd_worker, WORKER_KEYS,
+         "add a worker process to a study that exists (this machine or STORAGE=postgresql://)"),
     )
     for command, func, keys, text in commands:
         p = sub.add_parser(command, help=text)
@@ -211,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except study.StudyFailing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # e.g. an unwritable RESULTS_DIR
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 2

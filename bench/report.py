@@ -350,7 +350,7 @@ def build(out: Path, name: str) -> Path:
     trials, epochs = store.read(out, "trials"), store.read(out, "epochs")
     importances = _optional(out, "importances")
     runs = _read_jsonl(out / "runs.jsonl")
-    run = runs[-1] if runs else {}
+    run = next((r for r in reversed(runs) if r.get("role") != "worker"), {})  # the study's
     access = _read_jsonl(out / "test_access.jsonl")
     test_parts, verdict = test_section(out, name)
     answer = [comparison(trials), verdict]

@@ -1,24 +1,29 @@
 """Optuna study runner: storage, samplers, pruners, objective, equal budgets per family.
 
 A study file declares a `Study`. Each architecture family (the scientific parameter) gets its own
-Optuna sub-study in one embedded journal under results/<name>/, with its own seeded sampler, and
-the runner hands trials to whichever family has used the smallest share of its budget, so every
-family gets the same number of trials or the same seconds. Only `data.load_train` is called here:
-a study never opens the test files.
+Optuna sub-study in one storage (`bench.storage`: a journal under results/<name>/, or a database),
+with its own seeded sampler, and the runner hands trials to whichever family has used the smallest
+share of its budget, so every family gets the same number of trials or the same seconds. Worker
+processes run the same loop against the same storage and take their counts from it, so a study
+can be spread over processes and machines without a scheduler. Only `data.load_train` is called
+here: a study never opens the test files.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import os
 import signal
-import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,24 +31,32 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import torch
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import data, optim, provenance, store, train
+from bench import data, optim, provenance, storage, store, train
 from bench.models import count_params
 from bench.space import Space, SpaceError
 from bench.tables import comparison, config_table, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
+LOST = ("interrupted", "killed")  # trials that ended without an outcome; retried
+FAILED = ("nonfinite", "oom", "error")  # trials that ended with a fault of their own
+FAIL_MIN = 5  # trials of a process before "most of them failed" stops it
+POLL_S = 1.0  # how often a worker with nothing to start looks at the others' trials again
 
 
 class Interrupted(Exception):
     """Ctrl-C asked the study to stop; the trial ends FAIL and its configuration is retried."""
 
 
-LOST = ("interrupted", "killed")  # trials that ended without an outcome; retried on resume
+class TrialFailed(Exception):
+    """A trial diverged, ran out of memory or raised; it ends FAIL and the study goes on."""
+
+
+class StudyFailing(RuntimeError):
+    """Most trials fail: the study stops instead of spending its budget on more of them."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +88,16 @@ class RunConfig:
     seed: int
     smoke: bool
     results_dir: Path
+    storage: str | None = None
+    workers: int = 1
 
     @property
     def out(self) -> Path:
         return results_folder(self.results_dir, self.name, self.smoke)
+
+    def public(self) -> dict:
+        """The settings as printed and stored: a storage password never leaves the process."""
+        return {**asdict(self), "storage": self.storage and storage.masked(self.storage)}
 
 
 def results_folder(results_dir: Path, name: str, smoke: bool) -> Path:
@@ -99,6 +118,8 @@ def resolve(study: Study, name: str, device: torch.device, overrides: dict) -> R
         seed=overrides.get("seed", 0),
         smoke=smoke,
         results_dir=Path(overrides.get("results_dir", "results")),
+        storage=overrides.get("storage"),
+        workers=overrides.get("workers", 1),
     )
 
 
@@ -130,29 +151,13 @@ def _space_hash(space: Space, study: Study) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _fail_orphans(sub: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
-    """Mark RUNNING trials of dead processes on this host FAIL, so a rerun resumes cleanly."""
-    host, n = socket.gethostname(), 0
-    for t in sub.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or pid is None:
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            storage.set_trial_user_attr(t._trial_id, "stop_reason", "killed")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            n += 1
-    return n
-
-
-def _retry_interrupted(sub: optuna.Study) -> None:
-    """Queue the configuration of every interrupted or killed trial once more."""
+def _retry_lost(sub: optuna.Study) -> None:
+    """Queue once more every interrupted or killed trial that nothing has queued yet."""
     trials = sub.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
         if t.number not in retried and _stop_reason(t) in LOST:
-            sub.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            storage.retry(sub, t)
 
 
 def _counts(t: optuna.trial.FrozenTrial) -> bool:
@@ -161,17 +166,18 @@ def _counts(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def _stop_reason(t: optuna.trial.FrozenTrial) -> str:
-    """The objective records why a trial stopped; a FAIL without a record never reached it."""
+    """The objective records why a trial stopped; a FAIL without a record lost its process."""
     if t.state == TrialState.FAIL and "stop_reason" not in t.user_attrs:
-        return "interrupted"
+        return "killed"
     return t.user_attrs.get("stop_reason", "")
 
 
 def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Optuna trials -> the store's trials and epochs tables."""
     rows, epochs = [], []
+    ran = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     for family, sub in subs.items():
-        for t in sub.get_trials(deepcopy=False):
+        for t in sub.get_trials(deepcopy=False, states=ran):  # not the queued (WAITING) ones
             ua, hist = t.user_attrs, t.user_attrs.get("epochs", [])
             stop = _stop_reason(t)
             rows.append({
@@ -182,7 +188,7 @@ def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "final_val_loss": hist[-1]["val_loss"] if hist else math.nan,
                 "epochs_planned": t.params.get("epochs"), "epochs_run": len(hist),
                 "pruned_at": hist[-1]["epoch"] if hist and stop in ("pruned", "budget") else None,
-                "stop_reason": stop,
+                "stop_reason": stop, "error": ua.get("error", ""),
                 **{k: ua.get(k) for k in ("wall_seconds", "params_count", "seed", "device",
                                           "threads", "git_sha", "versions", "data_md5",
                                           "split_hash", "space_hash")},
@@ -222,6 +228,11 @@ def importances(subs: dict[str, optuna.Study]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(store.IMPORTANCE_COLUMNS))
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
 def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Split,
                device: torch.device, base_seed: int, prov: dict, deadline: float | None,
                progress: Progress, epoch_task,
@@ -243,11 +254,15 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
                 stop = "budget"
             return bool(stop)
 
-        try:  # everything, so that an interrupt anywhere in the trial is recorded as such
+        error = ""
+        try:  # everything, so that a fault anywhere in the trial is recorded as such
+            for k, v in storage.owner().items():  # first: who runs it, for the dead-process check
+                trial.set_user_attr(k, v)
             recipe = space.sample(trial, archs)
-            seed = _seed(base_seed, family, trial.number)
-            for k, v in {**prov, "arch": recipe.arch, "seed": seed, "pid": os.getpid(),
-                         "host": socket.gethostname(), "recipe": recipe.to_dict()}.items():
+            # A retry reruns the lost trial's seed, so it computes what that trial would have.
+            seed = trial.user_attrs.get("seed", _seed(base_seed, family, trial.number))
+            for k, v in {**prov, "arch": recipe.arch, "seed": seed,
+                         "recipe": recipe.to_dict()}.items():
                 trial.set_user_attr(k, v)
             train.seed_everything(seed)
             model, opt, sched = train.build(recipe, len(split.x_train), device)
@@ -257,14 +272,25 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
             train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, seed, on_epoch)
         except train.NonFiniteLoss:
             stop = "nonfinite"
-            raise
+        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+            stop, error = "oom", _one_line(exc)
         except KeyboardInterrupt:
             stop = "interrupted"
             raise
+        except Exception as exc:  # noqa: BLE001 - any fault of one trial must not end the study
+            stop, error = "error", _one_line(exc)
         finally:
             trial.set_user_attr("epochs", history)
             trial.set_user_attr("wall_seconds", time.perf_counter() - start)
             trial.set_user_attr("stop_reason", stop)
+            if error:
+                trial.set_user_attr("error", error)
+        if stop in FAILED:
+            model = opt = sched = None  # the traceback is gone too: release the memory now
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise TrialFailed(error or stop)
         if stop == "interrupted":
             raise Interrupted(f"interrupted after epoch {history[-1]['epoch']}")
         if stop:
@@ -274,107 +300,234 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
     return objective
 
 
-def run(study: Study, cfg: RunConfig, console: Console) -> Path:
-    """Run (or continue) the study; returns its results folder."""
+def _sub_studies(study: Study, cfg: RunConfig, db: optuna.storages.BaseStorage, prov: dict,
+                 join: bool) -> dict[str, optuna.Study]:
+    """One sub-study per family, opened (or, unless joining, created) after every check passed.
+
+    Refused before anything is written: a storage holding other studies under this study's
+    name, trials of another split or search space, and (joining) a study that does not exist.
+    """
+    prefix, where = cfg.out.name, _where(cfg)
+    names = {f: f"{prefix}.{f}" for f in study.families}
+    existing = set(optuna.get_all_study_names(db))
+    ours = {n for n in existing if cfg.storage is None or n.split(".")[0] == prefix}
+    if other := sorted(ours - set(names.values())):
+        raise storage.StorageError(f"{where} holds other studies ({', '.join(other)}), not "
+                                   f"{', '.join(names.values())}; choose another RESULTS_DIR")
+    for name in ours:
+        seen = {(t.user_attrs.get("split_hash"), t.user_attrs.get("space_hash"))
+                for t in db.get_all_trials(db.get_study_id_from_name(name), False)}
+        if seen - {(None, None), (prov["split_hash"], prov["space_hash"])}:
+            raise ValueError(f"{where} holds a study with another split or search space (SEED, "
+                             "DEVICE or the study file changed); continue it with its own "
+                             "settings or choose another RESULTS_DIR")
+    if join and (missing := sorted(set(names.values()) - existing)):
+        raise storage.StorageError(f"no study {missing[0]} in {where}; start it first with "
+                                   f"`make study NAME={cfg.name}` and the same settings")
+    return {f: optuna.create_study(storage=db, study_name=n, direction="maximize",
+                                   load_if_exists=True, pruner=study.pruner(
+                                       space_for(study, cfg).epochs[1]))
+            for f, n in names.items()}
+
+
+def _where(cfg: RunConfig) -> str:
+    return storage.masked(cfg.storage) if cfg.storage else str(cfg.out / "optuna.journal")
+
+
+def join(study: Study, name: str, overrides: dict, console: Console) -> Path:
+    """Add a worker to a study that exists (`make worker`), with that study's own settings."""
+    cfg = RunConfig(name=name, trials=1, timeout=None, device="cpu", seed=0,
+                    smoke=overrides.get("smoke", False),
+                    results_dir=Path(overrides.get("results_dir", "results")),
+                    storage=overrides.get("storage"), workers=overrides.get("workers", 1))
+    journal = cfg.out / "optuna.journal"
+    if cfg.storage is None and not journal.is_file():
+        raise storage.StorageError(f"no study at {journal}; start it first with "
+                                   f"`make study NAME={name}`")
+    db = storage.open_storage(cfg.storage, journal)
+    first = f"{cfg.out.name}.{next(iter(study.families))}"
+    if first not in optuna.get_all_study_names(db):
+        raise storage.StorageError(f"no study {first} in {_where(cfg)}; start it first with "
+                                   f"`make study NAME={name}` and the same settings")
+    settings = db.get_study_user_attrs(db.get_study_id_from_name(first)).get("run")
+    if not settings:
+        raise storage.StorageError(f"{first} in {_where(cfg)} records no settings; continue it "
+                                   f"once with `make study NAME={name}` first")
+    device = train.resolve_device(settings.get("device", "cpu"))
+    cfg = replace(cfg, **{k: v for k, v in settings.items() if k != "device"},
+                  device=device.type)
+    return run(study, cfg, console, join=True, db=db)
+
+
+def run(study: Study, cfg: RunConfig, console: Console, join: bool = False,
+        db: optuna.storages.BaseStorage | None = None) -> Path:
+    """Run (or continue) the study; returns its results folder.
+
+    With `join` this process is one more worker of a running study: it creates nothing, and
+    failing dead trials left by earlier runs and queueing them again is the study command's job.
+    """
     device = torch.device(cfg.device)
     space = validate(study, cfg)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes go to the store and table
     families = list(study.families)
+    if cfg.workers > 1:  # share the cores instead of each worker taking all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     raw = data.load_train()
     split = data.train_val(raw, SMOKE_VAL if cfg.smoke else study.val_size, cfg.seed,
                            study.normalization, device, SMOKE_SUBSET if cfg.smoke else None)
     prov = {**provenance.collect(device), "data_md5": json.dumps(split.md5, sort_keys=True),
             "split_hash": split.split_hash, "space_hash": _space_hash(space, study)}
     out = cfg.out
+    db = db or storage.open_storage(cfg.storage, out / "optuna.journal")
+    subs = _sub_studies(study, cfg, db, prov, join)
     out.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
-    existing = set(optuna.get_all_study_names(storage))
-    for name in existing & {f"{cfg.name}.{f}" for f in families}:  # check all before writing
-        seen = {(t.user_attrs.get("split_hash"), t.user_attrs.get("space_hash"))
-                for t in storage.get_all_trials(storage.get_study_id_from_name(name), False)}
-        if seen - {(None, None), (prov["split_hash"], prov["space_hash"])}:
-            raise ValueError(f"{out} holds a study with another split or search space (SEED, "
-                             "DEVICE or the study file changed); continue it with its own "
-                             "settings or choose another RESULTS_DIR")
     console.print(config_table(cfg, space, prov["device"]))
-    subs: dict[str, optuna.Study] = {}
-    for family in families:
-        sub = optuna.create_study(storage=storage, study_name=f"{cfg.name}.{family}",
-                                  direction="maximize", load_if_exists=True,
-                                  pruner=study.pruner(space.epochs[1]))
-        if n := _fail_orphans(sub, storage):
-            console.print(f"{family}: {n} trial(s) of a killed run marked FAIL")
-        _retry_interrupted(sub)
-        sub.sampler = study.sampler(_seed(cfg.seed, family, "sampler", len(sub.trials)))
-        subs[family] = sub
+    for family, sub in subs.items():
+        if not join:
+            if n := storage.fail_dead(sub, db):
+                console.print(f"{family}: {n} trial(s) of a dead process marked FAIL")
+            _retry_lost(sub)
+            sub.set_user_attr("run", {k: v for k, v in asdict(cfg).items()
+                                      if k in ("trials", "timeout", "device", "seed", "smoke")})
+        # Workers that start together must not draw the same configurations.
+        seed = (cfg.seed, family, "sampler", len(sub.trials)) + ((os.getpid(),) if join else ())
+        sub.sampler = study.sampler(_seed(*seed))
 
     with (out / "runs.jsonl").open("a") as fh:  # one line per invocation: config + provenance
         fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "config": asdict(cfg), "space": asdict(space),
-                             "question": study.question, **prov}, default=str) + "\n")
+                             "role": "worker" if join else "study", "config": cfg.public(),
+                             "space": asdict(space), "question": study.question, **prov},
+                            default=str) + "\n")
 
     quota = math.ceil(cfg.trials / len(families))
     budget = cfg.timeout / len(families) if cfg.timeout else None
     used = dict.fromkeys(families, 0.0)
+    mine: list[str] = []  # how this process's trials ended
+    ended: list[optuna.trial.FrozenTrial] = []  # the trial optimize() just ran
 
-    def finished(family: str) -> int:
-        return sum(_counts(t) for t in subs[family].get_trials(deepcopy=False))
-
-    def share(family: str) -> float:
-        return max(finished(family) / quota, used[family] / budget if budget else 0.0)
+    def tally(family: str) -> tuple[int, int]:
+        """(trials that used up budget, trials running now) of a family, from the storage."""
+        trials = subs[family].get_trials(deepcopy=False)
+        return sum(map(_counts, trials)), sum(t.state == TrialState.RUNNING for t in trials)
 
     def save() -> None:
-        store.write_study(out, *frames(subs))
+        with storage.store_lock(out):  # a snapshot of the whole storage, newest last
+            store.write_study(out, *frames(subs))
 
-    todo = sum(max(quota - finished(f), 0) for f in families)
+    before = sum(tally(f)[0] for f in families)
+    todo = sum(max(quota - tally(f)[0], 0) for f in families)
     if todo == 0:
         console.print(f"already {quota} trials per family; raise TRIALS= to continue")
     _warm_up(space, device)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     # The first Ctrl-C stops at the next epoch boundary, so no journal write is cut in half;
-    # a second one stops at once.
+    # a second one stops at once. Workers started here get each Ctrl-C passed on.
     interrupt = threading.Event()
+    children = _spawn(cfg) if cfg.workers > 1 else []
 
     def on_sigint(signum: int, frame: object) -> None:
+        for p in children:
+            p.send_signal(signal.SIGINT)
         if interrupt.is_set():
             raise KeyboardInterrupt
         interrupt.set()
         console.print("stopping after this epoch (Ctrl-C again to stop at once)")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    began = time.monotonic()
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             trial_task = progress.add_task("trials", total=todo)
             clock = progress.add_task("budget (s)", total=cfg.timeout, visible=bool(budget))
             epoch_task = progress.add_task("  epochs", total=1)
-            while live := [f for f in families if share(f) < 1.0]:
-                family = min(live, key=share)
+            while not interrupt.is_set():
+                for sub in subs.values():
+                    storage.fail_dead(sub, db)
+                counts = {f: tally(f) for f in families}
+                progress.update(trial_task, completed=sum(c[0] for c in counts.values()) - before)
+                left = [f for f in families if counts[f][0] < quota
+                        and (budget is None or used[f] < budget)]
+                if not left:
+                    break
+                # Running trials of other workers count as taken, so the study ends with at
+                # most WORKERS - 1 trials over its quota; a worker with nothing to start waits
+                # for them to finish, or to die and be queued again.
+                ready = [f for f in left if sum(counts[f]) < quota]
+                if not ready:
+                    if cfg.timeout and time.monotonic() - began > cfg.timeout:
+                        break
+                    time.sleep(POLL_S)
+                    continue
+                family = min(ready, key=lambda f: max(
+                    sum(counts[f]) / quota, used[f] / budget if budget else 0.0))
                 deadline = time.monotonic() + budget - used[family] if budget else None
                 objective = _objective(family, study.families[family], space, split, device,
                                        cfg.seed, prov, deadline, progress, epoch_task,
                                        interrupt)
                 progress.update(trial_task, description=f"trials ({family})")
+                ended.clear()
                 start = time.perf_counter()
-                subs[family].optimize(objective, n_trials=1,
-                                      catch=(train.NonFiniteLoss, Interrupted))
+                try:
+                    subs[family].optimize(objective, n_trials=1,
+                                          catch=(TrialFailed, Interrupted),
+                                          callbacks=[lambda _, t: ended.append(t)])
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    # No heartbeat reached the database for GRACE_S seconds: another worker
+                    # failed this trial and queued it again.
+                    console.print(f"{family}: a trial was taken over by another worker")
                 used[family] += time.perf_counter() - start
                 save()  # after every trial, so a killed run loses nothing completed
-                progress.advance(trial_task)
                 progress.update(clock, completed=sum(used.values()))
-                if interrupt.is_set():
-                    break
+                mine += [_stop_reason(t) for t in ended]
+                _check_failures(mine, out)
             progress.update(epoch_task, visible=False)
+    except BaseException:
+        for p in children:  # stop them at their next epoch boundary too
+            p.send_signal(signal.SIGINT)
+        raise
     finally:
+        for p in children:
+            if p.wait():
+                print(f"worker pid {p.pid} ended with status {p.returncode}", file=sys.stderr)
         signal.signal(signal.SIGINT, previous)
+        for sub in subs.values():  # a worker that died at the end leaves no RUNNING trial
+            storage.fail_dead(sub, db)
         trials, epochs = frames(subs)
-        store.write_study(out, trials, epochs, importances(subs))
+        with storage.store_lock(out):
+            store.write_study(out, trials, epochs, None if join else importances(subs))
     console.print(summary_table(trials))
     if line := comparison(trials):
         console.print(line)
     if interrupt.is_set():
         raise KeyboardInterrupt
     return out
+
+
+def _check_failures(mine: list[str], out: Path) -> None:
+    """Stop a process most of whose trials fail: the study's set-up is wrong, not its luck."""
+    failed = Counter(r for r in mine if r in FAILED)
+    n = sum(failed.values())
+    if len(mine) >= FAIL_MIN and 2 * n > len(mine):
+        reasons = ", ".join(f"{k} {v}" for k, v in failed.items())
+        raise StudyFailing(f"{n} of the {len(mine)} trials run so far failed ({reasons}); "
+                           "stopped instead of spending the rest of the budget; see "
+                           f"stop_reason and error in {out}/trials.parquet")
+
+
+def _spawn(cfg: RunConfig) -> list[subprocess.Popen]:
+    """WORKERS - 1 more processes joining this study (`python -m bench worker`), sharing cores.
+
+    Each gets its own session, so Ctrl-C reaches them once, passed on by this process.
+    """
+    cmd = [sys.executable, "-m", "bench", "worker", f"NAME={cfg.name}",
+           f"SMOKE={int(cfg.smoke)}", f"RESULTS_DIR={cfg.results_dir}"]
+    if cfg.storage:
+        cmd.append(f"STORAGE={cfg.storage}")
+    threads = str(max(1, (os.cpu_count() or 1) // cfg.workers))
+    env = {"OMP_NUM_THREADS": threads, **os.environ}
+    return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+            for _ in range(cfg.workers - 1)]
 
 
 def _warm_up(space: Space, device: torch.device) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
 from bench.space import Space
 
@@ -17,13 +18,14 @@ if TYPE_CHECKING:
 
 
 def config_table(cfg: RunConfig, space: Space, device_name: str) -> Table:
-    table = Table(title=f"study {cfg.name}", show_header=False)
+    """The resolved settings, storage password masked; values are plain text, never markup."""
+    table = Table(title=Text(f"study {cfg.name}"), show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    for key, value in {**vars(cfg), "out": cfg.out, "device name": device_name}.items():
-        table.add_row(key, str(value))
+    for key, value in {**cfg.public(), "out": cfg.out, "device name": device_name}.items():
+        table.add_row(key, Text(str(value)))
     for key, value in vars(space).items():
-        table.add_row(f"space.{key}", str(value))
+        table.add_row(f"space.{key}", Text(str(value)))
     return table
 
 

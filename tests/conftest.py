@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import os
 import struct
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 
 from bench import data
 
+ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = os.environ.get("MNIST_DIR") or str(
     Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist")
 
@@ -72,3 +75,53 @@ def tiny_split() -> data.Split:
     images, labels = synthetic_digits(600, 0)
     raw = data.Raw(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels), {})
     return data.train_val(raw, 200, 0, "mnist", torch.device("cpu"))
+
+
+TINY_STUDY = """
+import optuna
+from bench.space import Space
+from bench.study import Study
+
+STUDY = Study(
+    question="tiny test study", families={"mlp": ("mlp",), "cnn": ("cnn",)},
+    space=Space(batch_size=(64,), lr=(1e-3, 1e-2), epochs=EPOCHS, optimizers=("adam",),
+                schedules=("constant",),
+                arch_ranges={"mlp": {"depth": (1, 1), "width": (16, 32)},
+                             "cnn": {"blocks": (1, 1), "channels": (4, 4), "convs": (1, 1),
+                                     "hidden": (16, 16)}}),
+    trials={"cpu": 8, "cuda": 8}, val_size=200,
+    sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    pruner=lambda max_epochs: optuna.pruners.NopPruner(),
+)
+"""
+
+
+@dataclass(frozen=True)
+class TinyCli:
+    """`python -m bench` in real subprocesses, on tiny synthetic MNIST and a study named `tiny`."""
+
+    env: dict[str, str]
+    results: Path
+
+    def cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "bench", *args, f"RESULTS_DIR={self.results}"]
+
+
+@pytest.fixture
+def tiny_cli(tmp_path) -> TinyCli:
+    """A sitecustomize.py on PYTHONPATH points every Python process the test starts, workers
+    included, at the tiny files' checksums, at a studies folder holding only `tiny` (3 epochs a
+    trial), and at a 1 s heartbeat with a 3 s grace period, so crash tests take seconds."""
+    site = tmp_path / "site"
+    md5 = write_mnist(site / "mnist", n_train=1000)
+    (site / "studies").mkdir()
+    (site / "studies" / "tiny.py").write_text(TINY_STUDY.replace("EPOCHS", "(3, 3)"))
+    (site / "sitecustomize.py").write_text(
+        "from pathlib import Path\n"
+        "from bench import cli, data, storage\n"
+        f"data.MNIST_MD5 = {md5!r}\n"
+        f"cli.STUDIES_DIR = Path({str(site / 'studies')!r})\n"
+        "storage.HEARTBEAT_S, storage.GRACE_S = 1, 3\n")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}",
+           "MNIST_DIR": str(site / "mnist"), "OMP_NUM_THREADS": "1"}
+    return TinyCli(env, tmp_path / "results")

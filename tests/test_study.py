@@ -1,6 +1,5 @@
-import os
+import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,10 +9,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
 from rich.console import Console
 
-from bench import data, store, study, tables
+from bench import data, storage, store, study, tables
 from bench.space import Space
 
 SPACE = Space(
@@ -153,26 +152,34 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_mnist, tmp_pat
     assert (trials["state"] == "FAIL").all() and (trials["stop_reason"] == "nonfinite").all()
 
 
-def test_orphaned_running_trial_is_failed_on_resume(tiny_mnist, tmp_path):
-    out = tmp_path / "results" / "t"
-    out.mkdir(parents=True)
-    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
-    sub = optuna.create_study(storage=storage, study_name="t.mlp", direction="maximize")
-    orphan = sub.ask()
+def test_trials_of_dead_processes_are_failed_once_and_queued_again(tmp_path):
+    db = storage.open_storage(None, tmp_path / "optuna.journal")
+    sub = optuna.create_study(storage=db, study_name="t.mlp", direction="maximize")
+    lr = optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan.set_user_attr("host", socket.gethostname())
-    orphan.set_user_attr("pid", dead.pid)
-    live = sub.ask()  # a trial of a process that is still alive must be left alone
-    live.set_user_attr("host", socket.gethostname())
-    live.set_user_attr("pid", os.getpid())
-    mlp_only = replace(STUDY, families={"mlp": ("mlp",)},
-                       space=replace(SPACE, arch_ranges={"mlp": SPACE.arch_ranges["mlp"]}))
-    trials, _, _ = _run(tmp_path, definition=mlp_only, trials=4)
-    by_number = trials.set_index("number")
-    assert by_number.loc[0, "state"] == "FAIL" and by_number.loc[0, "stop_reason"] == "killed"
-    assert by_number.loc[1, "state"] == "RUNNING"
-    assert len(trials) == 2 + 4  # the killed trial does not use up budget
+    me = storage.owner()
+    owners = [{"host": me["host"], "pid": dead.pid, "seed": 7},  # its process is gone
+              me,  # a live worker's trial must be left alone
+              {**me, "pid_start": "1"},  # the pid lives, but it is another process now
+              {**me, "host": "elsewhere", "pid": dead.pid}]  # cannot be judged from here
+    for attrs in owners:
+        trial = sub.ask({"lr": lr})
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+    assert storage.fail_dead(sub, db) == 2
+    assert storage.fail_dead(sub, db) == 0  # a second look (another worker) fails nothing again
+    trials = sub.get_trials()
+    assert [t.state.name for t in trials[:4]] == ["FAIL", "RUNNING", "FAIL", "RUNNING"]
+    assert {trials[0].user_attrs["stop_reason"], trials[2].user_attrs["stop_reason"]} == {
+        "killed"}
+    queued = sub.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["retry_of"] for t in queued] == [0, 2]
+    assert queued[0].user_attrs["seed"] == 7  # the retry reruns the lost trial's seed
+    assert [t.system_attrs["fixed_params"]["lr"] for t in queued] == [
+        trials[0].params["lr"], trials[2].params["lr"]]
+    study._retry_lost(sub)  # a resume's catch-up does not queue them a second time
+    assert len(sub.get_trials(states=(TrialState.WAITING,))) == 2
 
 
 def test_smoke_study_on_real_mnist_through_the_cli(real_mnist, tmp_path):
@@ -226,3 +233,63 @@ def test_ctrl_c_keeps_completed_trials_and_the_rerun_continues(real_mnist, tmp_p
         assert (same["param_lr"] == lost["param_lr"]).any()
     kept = first[first["state"] == "COMPLETE"].set_index(["family", "number"])["value"]
     assert second.set_index(["family", "number"]).loc[kept.index, "value"].equals(kept)
+
+
+def _journal_trials(journal: Path) -> dict[tuple[str, int], optuna.trial.FrozenTrial]:
+    """Every trial in a journal by (family, number), read as another process would."""
+    db = storage.open_storage(None, journal)
+    return {(s.study_name.split(".")[-1], t.number): t for s in db.get_all_studies()
+            for t in db.get_all_trials(s._study_id, deepcopy=False)}
+
+
+def test_kill_9_mid_trial_then_the_same_command_resumes(tiny_cli):
+    cmd = tiny_cli.cmd("study", "tiny", "DEVICE=cpu", "TRIALS=6")
+    journal = tiny_cli.results / "tiny" / "optuna.journal"
+    proc = subprocess.Popen(cmd, env=tiny_cli.env, stdout=subprocess.DEVNULL)
+    running: list[tuple[str, int]] = []
+    while not running and proc.poll() is None:  # a trial that finished at least one epoch
+        time.sleep(0.02)
+        if (tiny_cli.results / "tiny" / "trials.parquet").exists():
+            running = [k for k, t in _journal_trials(journal).items()
+                       if t.state == TrialState.RUNNING and t.intermediate_values]
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    before = _journal_trials(journal)
+    assert [k for k, t in before.items() if t.state == TrialState.RUNNING] == running
+    rerun = subprocess.run(cmd, env=tiny_cli.env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 trial(s) of a dead process marked FAIL" in rerun.stdout
+    after = _journal_trials(journal)
+    trials = pd.read_parquet(tiny_cli.results / "tiny" / "trials.parquet")
+    assert sorted(zip(trials["family"], trials["number"], strict=True)) == sorted(after)
+    assert "RUNNING" not in set(trials["state"])
+    (family, number), = running
+    lost = trials.set_index(["family", "number"]).loc[(family, number)]
+    assert lost["state"] == "FAIL" and lost["stop_reason"] == "killed"
+    retry, = [t for (f, _), t in after.items() if f == family
+              and t.user_attrs.get("retry_of") == number]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == before[(family, number)].params
+    assert retry.user_attrs["seed"] == before[(family, number)].user_attrs["seed"]
+    for key, t in before.items():  # every trial completed before the kill is kept as it was
+        if t.state == TrialState.COMPLETE:
+            assert after[key].value == t.value
+    counted = trials[~trials["stop_reason"].isin(["interrupted", "killed"])]
+    assert counted.groupby("family").size().to_dict() == {"mlp": 3, "cnn": 3}
+
+
+def test_parallel_workers_share_one_journal(tiny_cli):
+    proc = subprocess.run(tiny_cli.cmd("study", "tiny", "DEVICE=cpu", "TRIALS=16", "WORKERS=4"),
+                          env=tiny_cli.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "locked" not in proc.stderr and "error" not in proc.stderr
+    trials = pd.read_parquet(tiny_cli.results / "tiny" / "trials.parquet")
+    assert 16 <= len(trials) <= 16 + 4 - 1
+    assert trials.groupby("family").size().min() >= 8
+    assert not trials.duplicated(["family", "number"]).any()
+    assert set(trials["state"]) == {"COMPLETE"}
+    ran = _journal_trials(tiny_cli.results / "tiny" / "optuna.journal")
+    assert len({t.user_attrs["pid"] for t in ran.values()}) >= 2  # the workers did run trials
+    runs = [json.loads(line) for line in
+            (tiny_cli.results / "tiny" / "runs.jsonl").read_text().splitlines()]
+    assert [r["role"] for r in runs] == ["study"] + ["worker"] * 3
