@@ -41,7 +41,7 @@ setup: $(SETUP) ## create .venv and install the package with dev tools (idempote
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,postgres]'
 	touch $@
 
 study: $(SETUP) ## run or continue a study: make study NAME=mlp_vs_cnn [TRIALS= TIMEOUT= DEVICE= SEED= SMOKE=1]

@@ -152,36 +152,6 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_mnist, tmp_pat
     assert (trials["state"] == "FAIL").all() and (trials["stop_reason"] == "nonfinite").all()
 
 
-def test_trials_of_dead_processes_are_failed_once_and_queued_again(tmp_path):
-    db = storage.open_storage(None, tmp_path / "optuna.journal")
-    sub = optuna.create_study(storage=db, study_name="t.mlp", direction="maximize")
-    lr = optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    me = storage.owner()
-    owners = [{"host": me["host"], "pid": dead.pid, "seed": 7},  # its process is gone
-              me,  # a live worker's trial must be left alone
-              {**me, "pid_start": "1"},  # the pid lives, but it is another process now
-              {**me, "host": "elsewhere", "pid": dead.pid}]  # cannot be judged from here
-    for attrs in owners:
-        trial = sub.ask({"lr": lr})
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-    assert storage.fail_dead(sub, db) == 2
-    assert storage.fail_dead(sub, db) == 0  # a second look (another worker) fails nothing again
-    trials = sub.get_trials()
-    assert [t.state.name for t in trials[:4]] == ["FAIL", "RUNNING", "FAIL", "RUNNING"]
-    assert {trials[0].user_attrs["stop_reason"], trials[2].user_attrs["stop_reason"]} == {
-        "killed"}
-    queued = sub.get_trials(states=(TrialState.WAITING,))
-    assert [t.user_attrs["retry_of"] for t in queued] == [0, 2]
-    assert queued[0].user_attrs["seed"] == 7  # the retry reruns the lost trial's seed
-    assert [t.system_attrs["fixed_params"]["lr"] for t in queued] == [
-        trials[0].params["lr"], trials[2].params["lr"]]
-    study._retry_lost(sub)  # a resume's catch-up does not queue them a second time
-    assert len(sub.get_trials(states=(TrialState.WAITING,))) == 2
-
-
 def test_smoke_study_on_real_mnist_through_the_cli(real_mnist, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
