@@ -24,15 +24,17 @@ export MNIST_DIR
 # Settings given as environment variables (`SMOKE=1 make study ...`) count too: $(call env,KEYS)
 # hands over those of KEYS that come from the environment.
 env = $(foreach v,$(1),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
-STUDY_KEYS := NAME TRIALS TIMEOUT DEVICE SEED SMOKE RESULTS_DIR
+STUDY_KEYS := NAME TRIALS TIMEOUT DEVICE SEED SMOKE RESULTS_DIR WORKERS STORAGE
+WORKER_KEYS := NAME STORAGE WORKERS SMOKE RESULTS_DIR
 FINALIZE_KEYS := NAME K SEEDS DEVICE REFRESH SMOKE RESULTS_DIR
 
-.PHONY: help setup study finalize report list test test-full test-gpu lint clean
+.PHONY: help setup study worker finalize report list test test-full test-gpu lint clean
 
 help: ## show this help
 	@echo "usage: make TARGET [NAME=study] [KEY=VALUE ...]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 	@echo "study settings: NAME TRIALS TIMEOUT DEVICE=auto|cpu|cuda SEED SMOKE=1 RESULTS_DIR"
+	@echo "                WORKERS=n STORAGE=postgresql://user@host/db"
 	@echo "finalize settings: NAME K SEEDS DEVICE REFRESH=1 SMOKE=1 RESULTS_DIR"
 	@echo "PYTHON=python3 uses that interpreter instead of creating $(VENV)"
 
@@ -44,8 +46,12 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev,postgres]'
 	touch $@
 
+# Not echoed (@): STORAGE= may hold a password.
 study: $(SETUP) ## run or continue a study: make study NAME=mlp_vs_cnn [TRIALS= TIMEOUT= DEVICE= SEED= SMOKE=1]
-	$(PY) -m bench study $(call env,$(STUDY_KEYS)) $(MAKEOVERRIDES)
+	@$(PY) -m bench study $(call env,$(STUDY_KEYS)) $(MAKEOVERRIDES)
+
+worker: $(SETUP) ## add workers to a running study: make worker NAME=x [STORAGE=postgresql://... WORKERS=2]
+	@$(PY) -m bench worker $(call env,$(WORKER_KEYS)) $(MAKEOVERRIDES)
 
 finalize: $(SETUP) ## score the validation-chosen finalists on test: make finalize NAME=x [K=2 SEEDS=3 REFRESH=1]
 	$(PY) -m bench finalize $(call env,$(FINALIZE_KEYS)) $(MAKEOVERRIDES)

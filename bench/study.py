@@ -274,11 +274,13 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
             stop = "nonfinite"
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
             stop, error = "oom", _one_line(exc)
+            exc.__traceback__ = None  # it holds the trial's frames: the model and its tensors
         except KeyboardInterrupt:
             stop = "interrupted"
             raise
         except Exception as exc:  # noqa: BLE001 - any fault of one trial must not end the study
             stop, error = "error", _one_line(exc)
+            exc.__traceback__ = None
         finally:
             trial.set_user_attr("epochs", history)
             trial.set_user_attr("wall_seconds", time.perf_counter() - start)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data
+from bench import cli, data
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = os.environ.get("MNIST_DIR") or str(
@@ -125,3 +125,20 @@ def tiny_cli(tmp_path) -> TinyCli:
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}",
            "MNIST_DIR": str(site / "mnist"), "OMP_NUM_THREADS": "1"}
     return TinyCli(env, tmp_path / "results")
+
+
+@pytest.fixture
+def study_file(tmp_path, monkeypatch):
+    """write(name, (old, new), ...): the tiny study, edited, as studies/<name>.py for the CLI."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    monkeypatch.setattr(cli, "STUDIES_DIR", folder)
+
+    def write(name: str, *edits: tuple[str, str]) -> None:
+        text = TINY_STUDY.replace("EPOCHS", "(1, 1)")
+        for old, new in edits:
+            assert old in text
+            text = text.replace(old, new)
+        (folder / f"{name}.py").write_text(text)
+
+    return write

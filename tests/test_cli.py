@@ -1,11 +1,15 @@
+import gzip
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
+import pandas as pd
 import pytest
 
-from bench import cli
+from bench import cli, storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,10 +26,12 @@ def bench(*args, cwd=ROOT):
     (["study", "nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
     (["study", "NAME=../studies/mlp_vs_cnn"],
      "error: unknown study '../studies/mlp_vs_cnn'; valid: mlp_vs_cnn"),
+    (["study", "studies/mlp_vs_cnn"],
+     "error: unknown study 'studies/mlp_vs_cnn'; valid: mlp_vs_cnn"),
     (["study"], "error: no study named; give NAME=..., one of: mlp_vs_cnn"),
     (["study", "mlp_vs_cnn", "TRIAL=5"],
      "error: unknown setting 'TRIAL'; valid: NAME, TRIALS, TIMEOUT, DEVICE, SEED, SMOKE, "
-     "RESULTS_DIR"),
+     "RESULTS_DIR, WORKERS, STORAGE"),
     (["study", "mlp_vs_cnn", "TRIALS=ten"],
      "error: TRIALS='ten' is not valid: expected a positive integer"),
     (["study", "mlp_vs_cnn", "TRIALS=0"],
@@ -37,6 +43,14 @@ def bench(*args, cwd=ROOT):
     (["study", "mlp_vs_cnn", "SMOKE=yes"], "error: SMOKE='yes' is not valid: expected 0 or 1"),
     (["study", "mlp_vs_cnn", "RESULTS_DIR="],
      "error: RESULTS_DIR='' is not valid: expected a non-empty path"),
+    (["study", "mlp_vs_cnn", "WORKERS=0"],
+     "error: WORKERS='0' is not valid: expected a positive integer"),
+    (["study", "mlp_vs_cnn", "STORAGE=mysql://bench:pw@db.lan/studies"],
+     "error: STORAGE='mysql://bench:***@db.lan/studies' is not valid: expected a "
+     "postgresql://user@host[:port]/database URL (or no STORAGE: the journal in the results "
+     "folder)"),
+    (["worker", "mlp_vs_cnn", "TRIALS=5"],
+     "error: unknown setting 'TRIALS'; valid: NAME, STORAGE, WORKERS, SMOKE, RESULTS_DIR"),
 ])
 def test_bad_input_is_one_line_and_nonzero_and_writes_nothing(args, message, tmp_path):
     proc = bench(*args, f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)
@@ -106,3 +120,107 @@ def test_make_takes_settings_from_the_environment_too(tmp_path):
                           env={**ENV, "TRIALS": "zero", "RESULTS_DIR": str(tmp_path)})
     assert proc.returncode != 0
     assert "error: TRIALS='zero' is not valid" in proc.stderr
+
+
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    code = cli.main(list(args))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (('"cnn": ("cnn",)}', '"cnn": ("vit",)}'), "error: unknown architecture 'vit'; valid: cnn, "),
+    (('optimizers=("adam",)', 'optimizers=("adam", "lion")'),
+     "error: unknown optimizer 'lion'; valid: adam, adamw, rmsprop, sgd"),
+    (("lr=(1e-3, 1e-2)", "lr=(0.0, 1e-2)"), "error: lr range (0.0, 0.01) must be > 0"),
+    (("lr=(1e-3, 1e-2)", "lr=(1e-2, 1e-3)"), "error: lr range (0.01, 0.001) has low > high"),
+    (("batch_size=(64,)", "batch_size=(64, 0)"), "error: batch sizes (64, 0) must all be > 0"),
+    (('"width": (16, 32)', '"width": (32, 16)'), "error: mlp.width range (32, 16) has low > high"),
+])
+def test_a_bad_study_file_is_one_line_before_anything_is_read_or_written(
+        study_file, edit, message, tmp_path, capsys):
+    study_file("bad", edit)
+    code, err = _cli(capsys, "study", "bad", "DEVICE=cpu", f"RESULTS_DIR={tmp_path / 'r'}")
+    assert code == 2
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_corrupt_mnist_is_one_line_and_writes_nothing(tiny_mnist, study_file, tmp_path, capsys):
+    study_file("tiny")
+    packed = tiny_mnist / "train-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(packed.read_bytes()))
+    raw[-1] ^= 1
+    packed.write_bytes(gzip.compress(bytes(raw)))
+    code, err = _cli(capsys, "study", "tiny", "DEVICE=cpu", f"RESULTS_DIR={tmp_path / 'r'}")
+    assert code == 2
+    assert err.startswith(f"error: corrupt MNIST file {packed}: md5 ") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def _journal_with(path: Path, study_name: str, **user_attrs) -> None:
+    db = storage.open_storage(None, path)
+    sub = optuna.create_study(storage=db, study_name=study_name, direction="maximize")
+    trial = sub.ask()
+    for k, v in user_attrs.items():
+        trial.set_user_attr(k, v)
+    sub.tell(trial, 0.5)
+
+
+@pytest.mark.parametrize(("prepare", "message"), [
+    (lambda j: j.write_text("not,a,journal\n"),
+     "error: {j} is not an Optuna journal; move it away or choose another RESULTS_DIR"),
+    (lambda j: _journal_with(j, "other.mlp"),
+     "error: {j} holds other studies (other.mlp), not tiny.mlp, tiny.cnn; choose another "
+     "RESULTS_DIR"),
+    (lambda j: _journal_with(j, "tiny.mlp", split_hash="0" * 16, space_hash="0" * 16),
+     "error: {j} holds a study with another split or search space (SEED, DEVICE or the study "
+     "file changed); continue it with its own settings or choose another RESULTS_DIR"),
+])
+def test_a_results_folder_of_another_study_is_refused_untouched(
+        tiny_mnist, study_file, prepare, message, tmp_path, capsys):
+    study_file("tiny")
+    journal = tmp_path / "r" / "tiny" / "optuna.journal"
+    journal.parent.mkdir(parents=True)
+    prepare(journal)
+    before = journal.read_bytes()
+    code, err = _cli(capsys, "study", "tiny", "DEVICE=cpu", f"RESULTS_DIR={tmp_path / 'r'}")
+    assert code == 2
+    assert err == message.format(j=journal) + "\n"
+    assert journal.read_bytes() == before
+    assert sorted(p.name for p in journal.parent.iterdir()) == ["optuna.journal"]
+
+
+def test_a_worker_without_a_study_is_one_line_and_creates_nothing(study_file, tmp_path, capsys):
+    study_file("tiny")
+    code, err = _cli(capsys, "worker", "tiny", f"RESULTS_DIR={tmp_path / 'r'}")
+    assert code == 2
+    assert err == (f"error: no study at {tmp_path / 'r' / 'tiny' / 'optuna.journal'}; start it "
+                   "first with `make study NAME=tiny`\n")
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unreachable_storage_is_one_line_without_its_password(
+        tiny_mnist, study_file, tmp_path, capsys):
+    study_file("tiny")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://bench:hunter2@127.0.0.1:{port}/studies"
+    code, err = _cli(capsys, "study", "tiny", "DEVICE=cpu", f"STORAGE={url}",
+                     f"RESULTS_DIR={tmp_path / 'r'}")
+    assert code == 2
+    assert err.startswith(f"error: cannot open STORAGE=postgresql://bench:***@127.0.0.1:{port}/")
+    assert "hunter2" not in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_study_whose_trials_mostly_fail_exits_1_with_one_line(
+        tiny_mnist, study_file, tmp_path, capsys):
+    study_file("diverging", ("lr=(1e-3, 1e-2)", "lr=(1e6, 1e7)"),
+               ('optimizers=("adam",)', 'optimizers=("sgd",)'))
+    code, err = _cli(capsys, "study", "diverging", "DEVICE=cpu", "TRIALS=20",
+                     f"RESULTS_DIR={tmp_path / 'r'}")
+    assert code == 1
+    assert err.startswith("error: 5 of the 5 trials run so far failed (nonfinite 5); stopped ")
+    assert err.count("\n") == 1
+    assert len(pd.read_parquet(tmp_path / "r" / "diverging" / "trials.parquet")) == 5

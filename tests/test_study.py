@@ -3,16 +3,18 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from bench import data, storage, store, study, tables
+from bench import data, storage, store, study, tables, train
 from bench.space import Space
 
 SPACE = Space(
@@ -263,3 +265,40 @@ def test_parallel_workers_share_one_journal(tiny_cli):
     runs = [json.loads(line) for line in
             (tiny_cli.results / "tiny" / "runs.jsonl").read_text().splitlines()]
     assert [r["role"] for r in runs] == ["study"] + ["worker"] * 3
+
+
+@pytest.mark.parametrize(("fault", "reason", "error"), [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom",
+     "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    (ValueError("boom\nsecond line"), "error", "ValueError: boom"),
+])
+def test_a_fault_inside_a_trial_fails_that_trial_frees_it_and_the_study_goes_on(
+        tiny_mnist, tmp_path, monkeypatch, fault, reason, error):
+    real_fit, models, freed_before_next = train.fit, [], []
+
+    def fit(model, *args):
+        if models:  # the next trial starts: nothing may still hold the failed trial's model
+            freed_before_next.append(models[0]() is None)
+            return real_fit(model, *args)
+        models.append(weakref.ref(model))
+        raise fault
+
+    monkeypatch.setattr(train, "fit", fit)
+    trials, _, _ = _run(tmp_path, trials=4)
+    assert len(trials) == 4
+    failed = trials[trials["state"] == "FAIL"]
+    assert failed[["stop_reason", "error"]].values.tolist() == [[reason, error]]
+    assert set(trials.loc[trials["state"] != "FAIL", "error"]) == {""}
+    assert freed_before_next and all(freed_before_next)
+
+
+def test_a_study_whose_trials_mostly_fail_stops_with_a_clear_message(tiny_mnist, tmp_path):
+    mlp_only = {"mlp": SPACE.arch_ranges["mlp"]}
+    bad = replace(STUDY, space=replace(SPACE, lr=(1e6, 1e7), optimizers=("sgd",),
+                                       arch_ranges=mlp_only),
+                  families={"mlp": ("mlp",)}, trials={"cpu": 40})
+    with pytest.raises(study.StudyFailing, match=r"^5 of the 5 trials run so far failed "
+                                                 r"\(nonfinite 5\); stopped instead of"):
+        _run(tmp_path, definition=bad)
+    trials = store.read(tmp_path / "results" / "t", "trials")  # written before stopping
+    assert len(trials) == study.FAIL_MIN and (trials["stop_reason"] == "nonfinite").all()
