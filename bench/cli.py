@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import finalists, models, optim, report, storage, study, train
+from bench import finalists, models, optim, outcomes, report, storage, study, train
 from bench.data import DataError
 from bench.space import SpaceError
 
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    except study.StudyFailing as exc:
+    except outcomes.StudyFailing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. an unwritable RESULTS_DIR

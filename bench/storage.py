@@ -29,6 +29,8 @@ import optuna
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from bench import outcomes
+
 HEARTBEAT_S, GRACE_S = 10, 60
 MAX_ATTEMPTS = 3  # runs of one configuration lost to kills before it is given up
 DRIVERS = {"postgresql": "postgresql+psycopg", "postgresql+psycopg": "postgresql+psycopg"}
@@ -178,6 +180,15 @@ def retry(sub: optuna.Study, trial: FrozenTrial) -> None:
     if "seed" in trial.user_attrs:
         attrs["seed"] = trial.user_attrs["seed"]
     sub.enqueue_trial(trial.params, user_attrs=attrs)
+
+
+def retry_lost(sub: optuna.Study) -> None:
+    """Queue once more every interrupted or killed trial that nothing has queued yet."""
+    trials = sub.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.number not in retried and outcomes.stop_reason(t) in outcomes.LOST:
+            retry(sub, t)
 
 
 @contextmanager

@@ -21,15 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import torch
 from optuna.trial import TrialState
 from rich.console import Console
@@ -37,13 +34,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import data, optim, provenance, storage, store, train
 from bench.models import count_params
+from bench.outcomes import FAILED, check_failures, counts, frames, importances, stop_reason
 from bench.space import Space, SpaceError
 from bench.tables import comparison, config_table, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
-LOST = ("interrupted", "killed")  # trials that ended without an outcome; retried
-FAILED = ("nonfinite", "oom", "error")  # trials that ended with a fault of their own
-FAIL_MIN = 5  # trials of a process before "most of them failed" stops it
 POLL_S = 1.0  # how often a worker with nothing to start looks at the others' trials again
 
 
@@ -53,10 +48,6 @@ class Interrupted(Exception):
 
 class TrialFailed(Exception):
     """A trial diverged, ran out of memory or raised; it ends FAIL and the study goes on."""
-
-
-class StudyFailing(RuntimeError):
-    """Most trials fail: the study stops instead of spending its budget on more of them."""
 
 
 @dataclass(frozen=True)
@@ -151,83 +142,6 @@ def _space_hash(space: Space, study: Study) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _retry_lost(sub: optuna.Study) -> None:
-    """Queue once more every interrupted or killed trial that nothing has queued yet."""
-    trials = sub.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    for t in trials:
-        if t.number not in retried and _stop_reason(t) in LOST:
-            storage.retry(sub, t)
-
-
-def _counts(t: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial used up budget: it ran to an outcome (a divergence is one)."""
-    return t.state.is_finished() and _stop_reason(t) not in LOST
-
-
-def _stop_reason(t: optuna.trial.FrozenTrial) -> str:
-    """The objective records why a trial stopped; a FAIL without a record lost its process."""
-    if t.state == TrialState.FAIL and "stop_reason" not in t.user_attrs:
-        return "killed"
-    return t.user_attrs.get("stop_reason", "")
-
-
-def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Optuna trials -> the store's trials and epochs tables."""
-    rows, epochs = [], []
-    ran = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-    for family, sub in subs.items():
-        for t in sub.get_trials(deepcopy=False, states=ran):  # not the queued (WAITING) ones
-            ua, hist = t.user_attrs, t.user_attrs.get("epochs", [])
-            stop = _stop_reason(t)
-            rows.append({
-                "family": family, "number": t.number, "state": t.state.name,
-                "arch": ua.get("arch"), "value": t.value,
-                "best_val_acc": max((h["val_acc"] for h in hist), default=math.nan),
-                "final_val_acc": hist[-1]["val_acc"] if hist else math.nan,
-                "final_val_loss": hist[-1]["val_loss"] if hist else math.nan,
-                "epochs_planned": t.params.get("epochs"), "epochs_run": len(hist),
-                "pruned_at": hist[-1]["epoch"] if hist and stop in ("pruned", "budget") else None,
-                "stop_reason": stop, "error": ua.get("error", ""),
-                **{k: ua.get(k) for k in ("wall_seconds", "params_count", "seed", "device",
-                                          "threads", "git_sha", "versions", "data_md5",
-                                          "split_hash", "space_hash")},
-                "datetime_start": t.datetime_start,
-                "recipe": json.dumps(ua["recipe"], sort_keys=True) if "recipe" in ua else None,
-                **{f"param_{k}": v for k, v in t.params.items()},
-            })
-            epochs += [{"family": family, "number": t.number, **h} for h in hist]
-    trials = pd.DataFrame(rows, columns=list(store.TRIAL_COLUMNS) if not rows else None)
-    trials["pruned_at"] = trials["pruned_at"].astype("Int64")
-    # Parameters absent from some trials (conditional ones) would turn ints into floats and
-    # bools into objects; the distributions say what each column really holds.
-    dists = {name: dist for sub in subs.values() for t in sub.get_trials(deepcopy=False)
-             for name, dist in t.distributions.items()}
-    for name, dist in dists.items():
-        if isinstance(dist, optuna.distributions.IntDistribution):
-            trials[f"param_{name}"] = trials[f"param_{name}"].astype("Int64")
-        elif isinstance(dist, optuna.distributions.CategoricalDistribution) and all(
-                isinstance(c, bool) for c in dist.choices):
-            trials[f"param_{name}"] = trials[f"param_{name}"].astype("boolean")
-    return trials, pd.DataFrame(epochs, columns=list(store.EPOCH_COLUMNS))
-
-
-def importances(subs: dict[str, optuna.Study]) -> pd.DataFrame:
-    """Optuna's default evaluator per family, on completed trials' validation objective."""
-    rows = []
-    for family, sub in subs.items():
-        if len(sub.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
-            continue
-        try:
-            with warnings.catch_warnings():  # small studies trigger accuracy warnings per param
-                warnings.simplefilter("ignore")
-                found = optuna.importance.get_param_importances(sub)
-        except (ValueError, RuntimeError):  # e.g. no parameter varies across complete trials
-            continue
-        rows += [{"family": family, "param": p, "importance": v} for p, v in found.items()]
-    return pd.DataFrame(rows, columns=list(store.IMPORTANCE_COLUMNS))
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
@@ -303,7 +217,7 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
 
 
 def _sub_studies(study: Study, cfg: RunConfig, db: optuna.storages.BaseStorage, prov: dict,
-                 join: bool) -> dict[str, optuna.Study]:
+                 joining: bool) -> dict[str, optuna.Study]:
     """One sub-study per family, opened (or, unless joining, created) after every check passed.
 
     Refused before anything is written: a storage holding other studies under this study's
@@ -323,7 +237,7 @@ def _sub_studies(study: Study, cfg: RunConfig, db: optuna.storages.BaseStorage, 
             raise ValueError(f"{where} holds a study with another split or search space (SEED, "
                              "DEVICE or the study file changed); continue it with its own "
                              "settings or choose another RESULTS_DIR")
-    if join and (missing := sorted(set(names.values()) - existing)):
+    if joining and (missing := sorted(set(names.values()) - existing)):
         raise storage.StorageError(f"no study {missing[0]} in {where}; start it first with "
                                    f"`make study NAME={cfg.name}` and the same settings")
     return {f: optuna.create_study(storage=db, study_name=n, direction="maximize",
@@ -358,14 +272,14 @@ def join(study: Study, name: str, overrides: dict, console: Console) -> Path:
     device = train.resolve_device(settings.get("device", "cpu"))
     cfg = replace(cfg, **{k: v for k, v in settings.items() if k != "device"},
                   device=device.type)
-    return run(study, cfg, console, join=True, db=db)
+    return run(study, cfg, console, joining=True, db=db)
 
 
-def run(study: Study, cfg: RunConfig, console: Console, join: bool = False,
+def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
         db: optuna.storages.BaseStorage | None = None) -> Path:
     """Run (or continue) the study; returns its results folder.
 
-    With `join` this process is one more worker of a running study: it creates nothing, and
+    `joining`: this process is one more worker of a running study: it creates nothing, and
     failing dead trials left by earlier runs and queueing them again is the study command's job.
     """
     device = torch.device(cfg.device)
@@ -381,23 +295,23 @@ def run(study: Study, cfg: RunConfig, console: Console, join: bool = False,
             "split_hash": split.split_hash, "space_hash": _space_hash(space, study)}
     out = cfg.out
     db = db or storage.open_storage(cfg.storage, out / "optuna.journal")
-    subs = _sub_studies(study, cfg, db, prov, join)
+    subs = _sub_studies(study, cfg, db, prov, joining)
     out.mkdir(parents=True, exist_ok=True)
     console.print(config_table(cfg, space, prov["device"]))
     for family, sub in subs.items():
-        if not join:
+        if not joining:
             if n := storage.fail_dead(sub, db):
                 console.print(f"{family}: {n} trial(s) of a dead process marked FAIL")
-            _retry_lost(sub)
+            storage.retry_lost(sub)
             sub.set_user_attr("run", {k: v for k, v in asdict(cfg).items()
                                       if k in ("trials", "timeout", "device", "seed", "smoke")})
         # Workers that start together must not draw the same configurations.
-        seed = (cfg.seed, family, "sampler", len(sub.trials)) + ((os.getpid(),) if join else ())
+        seed = (cfg.seed, family, "sampler", len(sub.trials)) + ((os.getpid(),) if joining else ())
         sub.sampler = study.sampler(_seed(*seed))
 
     with (out / "runs.jsonl").open("a") as fh:  # one line per invocation: config + provenance
         fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "role": "worker" if join else "study", "config": cfg.public(),
+                             "role": "worker" if joining else "study", "config": cfg.public(),
                              "space": asdict(space), "question": study.question, **prov},
                             default=str) + "\n")
 
@@ -410,7 +324,7 @@ def run(study: Study, cfg: RunConfig, console: Console, join: bool = False,
     def tally(family: str) -> tuple[int, int]:
         """(trials that used up budget, trials running now) of a family, from the storage."""
         trials = subs[family].get_trials(deepcopy=False)
-        return sum(map(_counts, trials)), sum(t.state == TrialState.RUNNING for t in trials)
+        return sum(map(counts, trials)), sum(t.state == TrialState.RUNNING for t in trials)
 
     def save() -> None:
         with storage.store_lock(out):  # a snapshot of the whole storage, newest last
@@ -446,23 +360,23 @@ def run(study: Study, cfg: RunConfig, console: Console, join: bool = False,
             while not interrupt.is_set():
                 for sub in subs.values():
                     storage.fail_dead(sub, db)
-                counts = {f: tally(f) for f in families}
-                progress.update(trial_task, completed=sum(c[0] for c in counts.values()) - before)
-                left = [f for f in families if counts[f][0] < quota
+                now = {f: tally(f) for f in families}
+                progress.update(trial_task, completed=sum(n[0] for n in now.values()) - before)
+                left = [f for f in families if now[f][0] < quota
                         and (budget is None or used[f] < budget)]
                 if not left:
                     break
                 # Running trials of other workers count as taken, so the study ends with at
                 # most WORKERS - 1 trials over its quota; a worker with nothing to start waits
                 # for them to finish, or to die and be queued again.
-                ready = [f for f in left if sum(counts[f]) < quota]
+                ready = [f for f in left if sum(now[f]) < quota]
                 if not ready:
                     if cfg.timeout and time.monotonic() - began > cfg.timeout:
                         break
                     time.sleep(POLL_S)
                     continue
                 family = min(ready, key=lambda f: max(
-                    sum(counts[f]) / quota, used[f] / budget if budget else 0.0))
+                    sum(now[f]) / quota, used[f] / budget if budget else 0.0))
                 deadline = time.monotonic() + budget - used[family] if budget else None
                 objective = _objective(family, study.families[family], space, split, device,
                                        cfg.seed, prov, deadline, progress, epoch_task,
@@ -481,8 +395,8 @@ def run(study: Study, cfg: RunConfig, console: Console, join: bool = False,
                 used[family] += time.perf_counter() - start
                 save()  # after every trial, so a killed run loses nothing completed
                 progress.update(clock, completed=sum(used.values()))
-                mine += [_stop_reason(t) for t in ended]
-                _check_failures(mine, out)
+                mine += [stop_reason(t) for t in ended]
+                check_failures(mine, out)
             progress.update(epoch_task, visible=False)
     except BaseException:
         for p in children:  # stop them at their next epoch boundary too
@@ -490,31 +404,20 @@ def run(study: Study, cfg: RunConfig, console: Console, join: bool = False,
         raise
     finally:
         for p in children:
-            if p.wait():
+            if p.wait() not in (0, 130):  # 130: stopped by a Ctrl-C passed on
                 print(f"worker pid {p.pid} ended with status {p.returncode}", file=sys.stderr)
         signal.signal(signal.SIGINT, previous)
         for sub in subs.values():  # a worker that died at the end leaves no RUNNING trial
             storage.fail_dead(sub, db)
         trials, epochs = frames(subs)
         with storage.store_lock(out):
-            store.write_study(out, trials, epochs, None if join else importances(subs))
+            store.write_study(out, trials, epochs, None if joining else importances(subs))
     console.print(summary_table(trials))
     if line := comparison(trials):
         console.print(line)
     if interrupt.is_set():
         raise KeyboardInterrupt
     return out
-
-
-def _check_failures(mine: list[str], out: Path) -> None:
-    """Stop a process most of whose trials fail: the study's set-up is wrong, not its luck."""
-    failed = Counter(r for r in mine if r in FAILED)
-    n = sum(failed.values())
-    if len(mine) >= FAIL_MIN and 2 * n > len(mine):
-        reasons = ", ".join(f"{k} {v}" for k, v in failed.items())
-        raise StudyFailing(f"{n} of the {len(mine)} trials run so far failed ({reasons}); "
-                           "stopped instead of spending the rest of the budget; see "
-                           f"stop_reason and error in {out}/trials.parquet")
 
 
 def _spawn(cfg: RunConfig) -> list[subprocess.Popen]:

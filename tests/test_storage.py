@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from bench import storage, study
+from bench import storage
 
 PASSWORD = "s3cret-pw"
 
@@ -99,7 +99,7 @@ def test_trials_of_dead_processes_are_failed_once_and_queued_again(tmp_path):
     assert queued[0].user_attrs["seed"] == 7  # the retry reruns the lost trial's seed
     assert [t.system_attrs["fixed_params"]["lr"] for t in queued] == [
         trials[0].params["lr"], trials[2].params["lr"]]
-    study._retry_lost(sub)  # a resume's catch-up does not queue them a second time
+    storage.retry_lost(sub)  # a resume's catch-up does not queue them a second time
     assert len(sub.get_trials(states=(TrialState.WAITING,))) == 2
 
 

@@ -1,3 +1,4 @@
+import io
 import json
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from bench import data, storage, store, study, tables, train
+from bench import data, outcomes, storage, store, study, tables, train
 from bench.space import Space
 
 SPACE = Space(
@@ -297,8 +298,19 @@ def test_a_study_whose_trials_mostly_fail_stops_with_a_clear_message(tiny_mnist,
     bad = replace(STUDY, space=replace(SPACE, lr=(1e6, 1e7), optimizers=("sgd",),
                                        arch_ranges=mlp_only),
                   families={"mlp": ("mlp",)}, trials={"cpu": 40})
-    with pytest.raises(study.StudyFailing, match=r"^5 of the 5 trials run so far failed "
+    with pytest.raises(outcomes.StudyFailing, match=r"^5 of the 5 trials run so far failed "
                                                  r"\(nonfinite 5\); stopped instead of"):
         _run(tmp_path, definition=bad)
     trials = store.read(tmp_path / "results" / "t", "trials")  # written before stopping
-    assert len(trials) == study.FAIL_MIN and (trials["stop_reason"] == "nonfinite").all()
+    assert len(trials) == outcomes.FAIL_MIN and (trials["stop_reason"] == "nonfinite").all()
+
+
+def test_config_table_shows_values_as_text_and_masks_the_storage_password():
+    cfg = study.RunConfig(name="t", trials=1, timeout=None, device="cpu", seed=0, smoke=False,
+                          results_dir=Path("[red]runs[/red]"),
+                          storage="postgresql://bench:hunter2@db.lan/studies")
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(tables.config_table(cfg, SPACE, "cpu"))
+    text = console.export_text()
+    assert "[red]runs[/red]" in text
+    assert "postgresql://bench:***@db.lan/studies" in text and "hunter2" not in text
