@@ -22,6 +22,7 @@ import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +33,9 @@ from optuna.trial import FrozenTrial, TrialState
 from bench import outcomes
 
 HEARTBEAT_S, GRACE_S = 10, 60
+# A trial that records no owner this long after it started lost its process between Optuna's
+# ask() and the objective's first write, where neither the pid check nor a heartbeat can see it.
+ORPHAN_S = 120
 MAX_ATTEMPTS = 3  # runs of one configuration lost to kills before it is given up
 DRIVERS = {"postgresql": "postgresql+psycopg", "postgresql+psycopg": "postgresql+psycopg"}
 URL_FORM = "postgresql://user@host[:port]/database"
@@ -111,17 +115,22 @@ def _check_journal(path: Path) -> None:
         lock.release()
 
 
-def _started(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux): tells a reused pid apart."""
+def _stat(pid: int) -> tuple[str, str] | None:
+    """A process's state and start time (clock ticks since boot) from /proc, on Linux.
+
+    The start time tells a reused pid apart; state Z is a killed child its parent has not reaped.
+    """
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+    return fields[0], fields[19]
 
 
 def owner() -> dict[str, object]:
     """What identifies this process in a trial's user attributes."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _started(os.getpid())}
+    stat = _stat(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": stat and stat[1]}
 
 
 def gone(attrs: dict) -> bool:
@@ -133,28 +142,33 @@ def gone(attrs: dict) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:  # another user's process with that pid: compare start times
+    except PermissionError:  # another user's process has that pid now
         pass
-    start = attrs.get("pid_start")
-    return start is not None and _started(pid) not in (None, start)
+    stat = _stat(pid)
+    if stat is None:  # no /proc: the pid exists, and that is all that can be known
+        return False
+    state, start = stat
+    return state in "ZX" or attrs.get("pid_start") not in (None, start)
 
 
 def fail_dead(sub: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
     """Fail (and retry) RUNNING trials whose process is gone; returns how many this call failed.
 
-    Journal: by pid on this host. Database: by heartbeat, through Optuna's own check. Failing is
-    the lock: only the process whose FAIL lands first queues the retry.
+    Journal: by pid on this host. Database: by heartbeat, through Optuna's own check. Both: a
+    trial with no owner ORPHAN_S seconds after it started. Failing is the lock: only the process
+    whose FAIL lands first queues the retry.
     """
-    if isinstance(storage, optuna.storages.RDBStorage):
+    n = 0
+    heartbeat = isinstance(storage, optuna.storages.RDBStorage)
+    if heartbeat:
         running = {t._trial_id for t in sub.get_trials(False, states=(TrialState.RUNNING,))}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(sub)
-        return len(running - {t._trial_id for t in
-                              sub.get_trials(False, states=(TrialState.RUNNING,))})
-    n = 0
+        n = len(running - {t._trial_id for t in
+                           sub.get_trials(False, states=(TrialState.RUNNING,))})
     for t in sub.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not gone(t.user_attrs):
+        if not (_unowned(t) or not heartbeat and gone(t.user_attrs)):
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "stop_reason", "killed")
@@ -164,6 +178,12 @@ def fail_dead(sub: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
         retry(sub, storage.get_trial(t._trial_id))
         n += 1
     return n
+
+
+def _unowned(t: FrozenTrial) -> bool:
+    started = t.datetime_start
+    return ("pid" not in t.user_attrs and started is not None
+            and (datetime.now() - started).total_seconds() > ORPHAN_S)
 
 
 def retry(sub: optuna.Study, trial: FrozenTrial) -> None:

@@ -73,34 +73,43 @@ def test_a_file_that_is_not_a_journal_is_refused_untouched(tmp_path):
     assert journal.read_text() == "id,value\n1,2\n"
 
 
-def test_trials_of_dead_processes_are_failed_once_and_queued_again(tmp_path):
+def test_trials_of_dead_processes_are_failed_once_and_queued_again(tmp_path, monkeypatch):
     db = storage.open_storage(None, tmp_path / "optuna.journal")
     sub = optuna.create_study(storage=db, study_name="t.mlp", direction="maximize")
     lr = optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    zombie_attrs = {**storage.owner(), "pid": zombie.pid}
+    zombie_attrs["pid_start"] = storage._stat(zombie.pid)[1]
+    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # it exits; nobody reaps it yet
     me = storage.owner()
     owners = [{"host": me["host"], "pid": dead.pid, "seed": 7},  # its process is gone
               me,  # a live worker's trial must be left alone
               {**me, "pid_start": "1"},  # the pid lives, but it is another process now
-              {**me, "host": "elsewhere", "pid": dead.pid}]  # cannot be judged from here
+              {**me, "host": "elsewhere", "pid": dead.pid},  # cannot be judged from here
+              zombie_attrs,  # killed, and its parent has not reaped it
+              {}]  # its process died before it could say whose it is
     for attrs in owners:
         trial = sub.ask({"lr": lr})
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-    assert storage.fail_dead(sub, db) == 2
+    assert storage.fail_dead(sub, db) == 3  # the ownerless one is young: it may be starting
+    monkeypatch.setattr(storage, "ORPHAN_S", 0)
+    assert storage.fail_dead(sub, db) == 1
     assert storage.fail_dead(sub, db) == 0  # a second look (another worker) fails nothing again
+    zombie.wait()
     trials = sub.get_trials()
-    assert [t.state.name for t in trials[:4]] == ["FAIL", "RUNNING", "FAIL", "RUNNING"]
-    assert {trials[0].user_attrs["stop_reason"], trials[2].user_attrs["stop_reason"]} == {
-        "killed"}
+    assert [t.state.name for t in trials[:6]] == [
+        "FAIL", "RUNNING", "FAIL", "RUNNING", "FAIL", "FAIL"]
+    assert {trials[i].user_attrs["stop_reason"] for i in (0, 2, 4, 5)} == {"killed"}
     queued = sub.get_trials(states=(TrialState.WAITING,))
-    assert [t.user_attrs["retry_of"] for t in queued] == [0, 2]
+    assert [t.user_attrs["retry_of"] for t in queued] == [0, 2, 4, 5]
     assert queued[0].user_attrs["seed"] == 7  # the retry reruns the lost trial's seed
     assert [t.system_attrs["fixed_params"]["lr"] for t in queued] == [
-        trials[0].params["lr"], trials[2].params["lr"]]
+        trials[i].params["lr"] for i in (0, 2, 4, 5)]
     storage.retry_lost(sub)  # a resume's catch-up does not queue them a second time
-    assert len(sub.get_trials(states=(TrialState.WAITING,))) == 2
+    assert len(sub.get_trials(states=(TrialState.WAITING,))) == 4
 
 
 def _server_binary(name: str) -> str | None:
