@@ -333,7 +333,8 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     before = sum(tally(f)[0] for f in families)
     todo = sum(max(quota - tally(f)[0], 0) for f in families)
     if todo == 0:
-        console.print(f"already {quota} trials per family; raise TRIALS= to continue")
+        console.print(f"already {quota} trials per family; " + (
+            "nothing left for a worker" if joining else "raise TRIALS= to continue"))
     _warm_up(space, device)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
