@@ -24,13 +24,16 @@ export MNIST_DIR
 # Study settings given as environment variables (`SMOKE=1 make study ...`) count too.
 STUDY_KEYS := NAME TRIALS TIMEOUT DEVICE SEED SMOKE RESULTS_DIR
 ENV_SETTINGS := $(foreach v,$(STUDY_KEYS),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
+BENCH_KEYS := DEVICE EPOCHS QUICK MODELS ROWS SEED RESULTS_DIR
+BENCH_ENV := $(foreach v,$(BENCH_KEYS),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
 
-.PHONY: help setup study list test test-full test-gpu lint clean
+.PHONY: help setup study bench list test test-full test-gpu lint clean
 
 help: ## show this help
 	@echo "usage: make TARGET [NAME=study] [KEY=VALUE ...]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 	@echo "study settings: NAME TRIALS TIMEOUT DEVICE=auto|cpu|cuda SEED SMOKE=1 RESULTS_DIR"
+	@echo "bench settings: DEVICE=auto|cpu|cuda EPOCHS QUICK=1 MODELS=a,b ROWS=a,b SEED RESULTS_DIR"
 	@echo "PYTHON=python3 uses that interpreter instead of creating $(VENV)"
 
 setup: $(SETUP) ## create .venv and install the package with dev tools (idempotent)
@@ -43,6 +46,9 @@ $(VENV)/.installed: pyproject.toml
 
 study: $(SETUP) ## run or continue a study: make study NAME=mlp_vs_cnn [TRIALS= TIMEOUT= DEVICE= SEED= SMOKE=1]
 	$(PY) -m bench study $(ENV_SETTINGS) $(MAKEOVERRIDES)
+
+bench: $(SETUP) ## seconds per epoch, tutorial pipeline vs harness: make bench [DEVICE= QUICK=1 EPOCHS= MODELS=]
+	$(PY) -m bench bench $(BENCH_ENV) $(MAKEOVERRIDES)
 
 list: $(SETUP) ## list registered models, optimizers, schedules and studies
 	$(PY) -m bench list

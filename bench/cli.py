@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import models, optim, study, train
+from bench import host, models, optim, speed, study, train
 from bench.data import DataError
 from bench.space import SpaceError
 
@@ -75,6 +76,27 @@ STUDY_KEYS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _bench_models(v: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in v.split(","))
+    if not all(n in speed.CASES for n in names):
+        raise ValueError(f"a comma-separated list of {', '.join(speed.CASES)}")
+    return names
+
+
+def _bench_rows(v: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in v.split(","))
+    if not all(n in speed.PIPELINES for n in names):
+        raise ValueError(f"a comma-separated list of {', '.join(speed.PIPELINES)}")
+    return names
+
+
+BENCH_KEYS: dict[str, Callable[[str], Any]] = {
+    "DEVICE": _device, "EPOCHS": _positive_int, "QUICK": _flag, "MODELS": _bench_models,
+    "ROWS": _bench_rows, "SEED": _int, "RESULTS_DIR": _nonempty,
+}
+BENCH_EPOCHS = 3
+
+
 def parse_overrides(words: list[str], keys: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
     """KEY=VALUE words -> {key: typed value}; unknown keys and bad values raise UsageError."""
     out: dict[str, Any] = {}
@@ -118,9 +140,27 @@ def cmd_study(args: argparse.Namespace, console: Console) -> None:
     definition = load_study(name)
     device = train.resolve_device(overrides.pop("device", "auto"))
     cfg = study.resolve(definition, name, device, overrides)
+    if device.type == "cpu":
+        host.tune()
     out = study.run(definition, cfg, console)
     console.print(f"results: {out}/trials.parquet, {out}/epochs.parquet "
                   f"(Optuna journal: {out}/optuna.journal)")
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> None:
+    o = parse_overrides(args.settings, BENCH_KEYS)
+    if o.get("quick") and "epochs" in o:
+        raise UsageError("QUICK=1 means EPOCHS=1; give one of them")
+    cfg = speed.Config(device=o.get("device", "auto"),
+                       epochs=1 if o.get("quick") else o.get("epochs", BENCH_EPOCHS),
+                       models=o.get("models", tuple(speed.CASES)),
+                       rows=o.get("rows", speed.ROWS), seed=o.get("seed", 0),
+                       results_dir=Path(o.get("results_dir", "results")))
+    device = train.resolve_device(cfg.device)  # a bad DEVICE stops here, before any data
+    console.print(f"bench: {', '.join(cfg.models)} on {device.type}, {cfg.epochs} epoch(s), "
+                  f"rows {', '.join(cfg.rows)}; one process per row")
+    path = speed.run(cfg, console)
+    console.print(f"results: {path}")
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
@@ -146,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                    help=f"overrides: {', '.join(STUDY_KEYS)}")
     p.set_defaults(func=cmd_study)
+    p = sub.add_parser("bench", help="seconds per epoch: the tutorial pipeline vs the harness")
+    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                   help=f"overrides: {', '.join(BENCH_KEYS)}")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("list", help="registered models, optimizers, schedules and studies")
     p.set_defaults(func=cmd_list)
     args = parser.parse_args(argv)
@@ -153,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         args.settings.insert(0, args.name)
         args.name = None
     console = Console(width=None if sys.stdout.isatty() else 120)
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"  # one line each
     try:
         args.func(args, console)
     except (UsageError, DataError, SpaceError, ValueError) as exc:
