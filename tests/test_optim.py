@@ -58,3 +58,11 @@ def test_unknown_names_list_choices():
         optim.create_optimizer("lion", _model().parameters(), lr=0.1)
     with pytest.raises(KeyError, match="unknown schedule 'warm'; valid: constant, cosine"):
         optim.create_schedule("warm", None, 1, 1)
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_graph_safe_changes_nothing_off_cuda(name):
+    plain = optim.create_optimizer(name, _model().parameters(), lr=0.1)
+    safe = optim.create_optimizer(name, _model().parameters(), lr=0.1, graph_safe=True)
+    assert safe.defaults == plain.defaults
+    assert optim.OPTIMIZERS[name].graph_flags  # but every optimizer knows how to be captured

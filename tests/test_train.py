@@ -76,3 +76,20 @@ def test_fit_on_cuda_matches_cpu_quality(tiny_split):
     model, opt, sched = train.build(RECIPE, len(split.x_train), cuda)
     history = train.fit(model, opt, sched, split, RECIPE.batch_size, RECIPE.epochs, 0)
     assert history[-1]["val_acc"] > 0.9
+
+
+def test_fast_build_makes_conv_weights_channels_last_on_cpu_only_for_conv_nets():
+    cpu = torch.device("cpu")
+    conv = train.Recipe(arch="cnn-conv32", lr=1e-3, batch_size=64, epochs=1)
+    assert train.build(conv, 100, cpu)[0][0].weight.stride() == (9, 1, 3, 1)  # channels-last
+    assert train.build(conv, 100, cpu, fast=False)[0][0].weight.stride() == (9, 9, 3, 1)
+    mlp = train.build(RECIPE, 100, cpu)[0]
+    assert all(p.is_contiguous() for p in mlp.parameters())
+
+
+def test_evaluate_is_the_same_whatever_the_batch(tiny_split):
+    train.seed_everything(0)
+    model = train.build(RECIPE, len(tiny_split.x_train), torch.device("cpu"))[0]
+    loss, acc = train.evaluate(model, tiny_split.x_val, tiny_split.y_val)  # CPU default: 128
+    loss_all, acc_all = train.evaluate(model, tiny_split.x_val, tiny_split.y_val, batch_size=200)
+    assert acc == acc_all and loss == pytest.approx(loss_all, rel=1e-6)

@@ -1,0 +1,22 @@
+import platform
+
+import torch
+
+from bench import host
+
+
+def test_tune_sets_threads_and_reports_what_it_set():
+    before = torch.get_num_threads()
+    try:
+        assert host.tune(threads=False, malloc=False) == {"threads": before, "malloc_keep": False}
+        settings = host.tune()
+        assert settings["threads"] == torch.get_num_threads() == host.default_threads()
+        assert settings["malloc_keep"] is (platform.libc_ver()[0] == "glibc")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_core_is_left_to_everything_else(monkeypatch):
+    for cores, threads in ((1, 1), (2, 1), (16, 15), (None, 1)):
+        monkeypatch.setattr(host.os, "cpu_count", lambda cores=cores: cores)
+        assert host.default_threads() == threads
