@@ -1,9 +1,10 @@
 """Process settings for training on a small CPU, kept because `make bench` measured each one.
 
-- Threads: one core is left to everything else (the Python loop, the OS, other users). torch's
-  default takes every core, and its OpenMP threads spin at every parallel region; when another
-  process holds one of the cores, each region waits for a descheduled thread, and on a busy
-  2-core machine an epoch that takes ~1 s can take tens of seconds.
+- Threads: one core is left to everything else (the Python loop, the OS, other users), unless
+  OMP_NUM_THREADS says otherwise. torch's default takes every core; when another process holds
+  one of them, every parallel region waits for a descheduled thread, and on a shared 2-core
+  machine an MLP epoch measured 0.77 s in one `make bench` run and 35 s in another. One thread
+  is slower on an idle machine (1.24 s) and never collapses.
 - Memory: glibc returns every freed block above 128 KiB to the OS, so each step's activations
   and gradients are page-faulted in afresh. Raising the mmap and trim thresholds keeps those blocks
   in the heap for reuse: the caching that the PyTorch CPU tuning guide gets from jemalloc or
@@ -41,6 +42,6 @@ def keep_freed_memory() -> bool:
 
 def tune(threads: bool = True, malloc: bool = True) -> dict[str, object]:
     """Apply the settings to this process; returns what it runs with, for provenance."""
-    if threads:
+    if threads and not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(default_threads())
     return {"threads": torch.get_num_threads(), "malloc_keep": malloc and keep_freed_memory()}

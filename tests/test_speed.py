@@ -12,8 +12,9 @@ from bench import cli, data, host, speed
 
 
 @pytest.fixture
-def keep_threads():
+def keep_threads(monkeypatch):
     """Rows tune this process (threads, allocator); give the other tests torch's threads back."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
