@@ -102,3 +102,17 @@ def test_graph_safe_optimizers_on_cuda():
     assert optim.create_optimizer("sgd", params, 0.1, graph_safe=True).defaults["fused"]
     for name in ("adam", "adamw", "rmsprop"):
         assert optim.create_optimizer(name, params, 0.1, graph_safe=True).defaults["capturable"]
+
+
+@pytest.mark.gpu
+def test_a_failed_capture_on_cuda_leaves_cuda_usable(tiny_split):
+    """An optimizer built without graph flags cannot be captured: one warning, eager training."""
+    cuda = train.resolve_device("cuda")
+    split = replace(tiny_split, **{k: getattr(tiny_split, k).to(cuda)
+                                   for k in ("x_train", "y_train", "x_val", "y_val")})
+    train.seed_everything(0)
+    model, opt, sched = train.build(RECIPE, len(split.x_train), cuda, fast=False)
+    with pytest.warns(fast.CaptureFailed):
+        history = train.fit(model, opt, sched, split, RECIPE.batch_size, RECIPE.epochs, 0,
+                            graph=True)
+    assert history[-1]["val_acc"] > 0.9
