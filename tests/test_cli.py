@@ -37,12 +37,28 @@ def bench(*args, cwd=ROOT):
     (["study", "mlp_vs_cnn", "SMOKE=yes"], "error: SMOKE='yes' is not valid: expected 0 or 1"),
     (["study", "mlp_vs_cnn", "RESULTS_DIR="],
      "error: RESULTS_DIR='' is not valid: expected a non-empty path"),
+    (["finalize", "mlp_vs_cnn", "K=0"], "error: K='0' is not valid: expected a positive integer"),
+    (["finalize", "mlp_vs_cnn", "TRIALS=3"],
+     "error: unknown setting 'TRIALS'; valid: NAME, K, SEEDS, DEVICE, REFRESH, SMOKE, "
+     "RESULTS_DIR"),
+    (["finalize", "nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["report", "mlp_vs_cnn", "SEEDS=3"],
+     "error: unknown setting 'SEEDS'; valid: NAME, SMOKE, RESULTS_DIR"),
 ])
 def test_bad_input_is_one_line_and_nonzero_and_writes_nothing(args, message, tmp_path):
     proc = bench(*args, f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == message
     assert not (tmp_path / "r").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("command", ["finalize", "report"])
+def test_finalize_and_report_need_a_study_first(command, tmp_path):
+    proc = bench(command, "mlp_vs_cnn", f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: no study results in {tmp_path / 'r' / 'mlp_vs_cnn'}; "
+                                   "run `make study NAME=mlp_vs_cnn` first")
+    assert not (tmp_path / "r").exists()
 
 
 def test_make_hands_its_variables_to_the_cli(tmp_path):
