@@ -24,13 +24,17 @@ export MNIST_DIR
 # Study settings given as environment variables (`SMOKE=1 make study ...`) count too.
 STUDY_KEYS := NAME TRIALS TIMEOUT DEVICE SEED SMOKE RESULTS_DIR
 ENV_SETTINGS := $(foreach v,$(STUDY_KEYS),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
+# The same for the leaderboard targets: $(call env_settings,KEY ...).
+REPRODUCE_KEYS := ENTRY N_SEEDS DEVICE SAVE THREADS RESULTS_DIR
+env_settings = $(foreach v,$(1),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
 
-.PHONY: help setup study list test test-full test-gpu lint clean
+.PHONY: help setup study list reproduce promote leaderboard test test-full test-gpu lint clean
 
 help: ## show this help
 	@echo "usage: make TARGET [NAME=study] [KEY=VALUE ...]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 	@echo "study settings: NAME TRIALS TIMEOUT DEVICE=auto|cpu|cuda SEED SMOKE=1 RESULTS_DIR"
+	@echo "reproduce settings: ENTRY N_SEEDS=3 DEVICE=auto|cpu|cuda SAVE=1 THREADS RESULTS_DIR"
 	@echo "PYTHON=python3 uses that interpreter instead of creating $(VENV)"
 
 setup: $(SETUP) ## create .venv and install the package with dev tools (idempotent)
@@ -43,6 +47,15 @@ $(VENV)/.installed: pyproject.toml
 
 study: $(SETUP) ## run or continue a study: make study NAME=mlp_vs_cnn [TRIALS= TIMEOUT= DEVICE= SEED= SMOKE=1]
 	$(PY) -m bench study $(ENV_SETTINGS) $(MAKEOVERRIDES)
+
+reproduce: $(SETUP) ## re-run leaderboard entries: make reproduce [ENTRY=id N_SEEDS=3 DEVICE= SAVE=1]
+	$(PY) -m bench reproduce $(call env_settings,$(REPRODUCE_KEYS)) $(MAKEOVERRIDES)
+
+promote: $(SETUP) ## make a study's best finalist a leaderboard entry: make promote NAME=mlp_vs_cnn
+	$(PY) -m bench promote $(call env_settings,NAME RESULTS_DIR) $(MAKEOVERRIDES)
+
+leaderboard: $(SETUP) ## print the leaderboard table and write results/leaderboard.md
+	$(PY) -m bench leaderboard $(call env_settings,RESULTS_DIR) $(MAKEOVERRIDES)
 
 list: $(SETUP) ## list registered models, optimizers, schedules and studies
 	$(PY) -m bench list

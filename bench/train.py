@@ -23,6 +23,7 @@ from bench import models, optim
 from bench.data import Split
 
 OnEpoch = Callable[[int, dict[str, float]], bool]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -80,17 +81,26 @@ def build(recipe: Recipe, n_train: int, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 2048) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over all of (x, y), in eval mode."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048,
+             batch_mean: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over all of (x, y), in eval mode.
+
+    `batch_mean` returns the mean of per-batch accuracies instead, as some published recipes
+    compute it: a short last batch then weighs as much as a full one, so `batch_size` matters.
+    """
     model.eval()
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
+    batch_accs = torch.zeros((), device=x.device)
     for i in range(0, len(x), batch_size):
         out = model(x[i:i + batch_size])
         loss += F.cross_entropy(out, y[i:i + batch_size], reduction="sum")
-        correct += (out.argmax(1) == y[i:i + batch_size]).sum()
-    return loss.item() / len(x), correct.item() / len(x)
+        hits = (out.argmax(1) == y[i:i + batch_size]).sum()
+        correct += hits
+        batch_accs += hits / len(out)
+    acc = batch_accs.item() / steps_per_epoch(len(x), batch_size) if batch_mean else (
+        correct.item() / len(x))
+    return loss.item() / len(x), acc
 
 
 def fit(
@@ -102,10 +112,15 @@ def fit(
     epochs: int,
     seed: int,
     on_epoch: OnEpoch | None = None,
+    shuffle: bool = True,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> list[dict[str, float]]:
     """Train for up to `epochs`; returns one metrics dict per epoch run.
 
     The last batch of an epoch is the partial remainder, so every image is seen once per epoch.
+    `shuffle=False` keeps the stored order, and `loss_fn(outputs, labels)` replaces
+    cross-entropy, so fixed published recipes run as their code does. A split without validation
+    images skips validation (its metrics are NaN); the callback can score what it likes.
     Raises NonFiniteLoss when an epoch's loss is NaN/inf (the callback still sees that epoch).
     """
     gen = torch.Generator(device=data.x_train.device).manual_seed(seed)
@@ -116,17 +131,19 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         total = torch.zeros((), device=data.x_train.device)
-        order = torch.randperm(n, generator=gen, device=data.x_train.device)
+        order = (torch.randperm(n, generator=gen, device=data.x_train.device) if shuffle
+                 else torch.arange(n, device=data.x_train.device))
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             total += loss.detach() * len(idx)
         train_loss = total.item() / n
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+        val_loss, val_acc = (evaluate(model, data.x_val, data.y_val) if len(data.x_val)
+                             else (math.nan, math.nan))
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - start}
         history.append(metrics)
