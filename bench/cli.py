@@ -154,9 +154,11 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
 def cmd_promote(args: argparse.Namespace, console: Console) -> None:
     overrides = parse_overrides(args.settings, PROMOTE_KEYS)
     name = overrides.get("name")
-    if not name or name not in study_names():
-        raise UsageError(f"unknown study {name!r}; give NAME=, one of: "
-                         f"{', '.join(study_names()) or '(none)'}")
+    valid = ", ".join(study_names()) or "(none)"
+    if not name:
+        raise UsageError(f"no study named; give NAME=..., one of: {valid}")
+    if name not in study_names():
+        raise UsageError(f"unknown study {name!r}; valid: {valid}")
     entry = promote.promote(name, Path(overrides.get("results_dir", "results")))
     console.print(f"promoted {entry.id} ({entry.source}) to entries/{entry.id}.json; "
                   f"commit it, then: make reproduce ENTRY={entry.id}")
