@@ -287,7 +287,8 @@ RULE = ("a point claim is reproduced when it lies within mean ± max(2·std, 0.3
 def rich_table(summary: pd.DataFrame) -> Table:
     table = Table(title="Leaderboard", caption=f"verdict: {RULE}")
     for head in HEADERS:
-        table.add_column(head, justify="left" if head in ("entry", "verdict") else "right")
+        table.add_column(head, justify="left" if head in ("entry", "verdict") else "right",
+                         no_wrap=head == "entry")  # ids stay whole and copyable
     for _, s in summary.iterrows():
         table.add_row(*_cells(s))
     return table
