@@ -149,18 +149,11 @@ def test_make_reproduce_hands_its_variables_to_the_cli(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.fixture
-def keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_reproduce_then_leaderboard_in_process(tiny_mnist, tmp_path, keep_threads, capsys):
+def test_reproduce_then_leaderboard_in_process(tiny_mnist, tmp_path, one_thread, capsys):
     settings = [f"RESULTS_DIR={tmp_path}"]
     assert cli.main(["reproduce", "ENTRY=cnn-conv32-adam", "N_SEEDS=1", "DEVICE=cpu",
                      *settings]) == 0
-    assert torch.get_num_threads() == 1  # the CPU default
+    assert torch.get_num_threads() == 1  # the CPU default (one_thread restores it)
     assert cli.main(["leaderboard", *settings]) == 0
     md = (tmp_path / "leaderboard.md").read_text()
     assert "| cnn-conv32-adam | test (accuracy) |" in md and "| 1 | [97.5%, 98.5%) |" in md

@@ -15,6 +15,7 @@ from tests.conftest import synthetic_digits
 
 E = {e.id: e for e in leaderboard.RECIPES}
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # DESIGN.md's table, value by value. lrs: the lr each epoch actually trains with.
 DESIGN = {

@@ -11,6 +11,7 @@ from bench import data, leaderboard, promote, reproduce, train
 from tests.conftest import synthetic_digits
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CNN = train.Recipe("cnn", lr=0.003, batch_size=128, epochs=4, optimizer="adamw",
                    schedule="onecycle", weight_decay=1e-4, schedule_kwargs={"pct_start": 0.3},

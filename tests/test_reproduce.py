@@ -22,12 +22,7 @@ def _entries():
     return cnn, mlp
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    """`reproduce` sets torch's thread count, a process-wide setting: restore it afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # also restores what `reproduce` sets
 
 
 def _run(entries, n_seeds, out, save=False):
