@@ -114,3 +114,14 @@ def test_mlp_128_128_reproduces_on_real_mnist(real_mnist, tmp_path):
     assert json.loads(rows.iloc[0]["data_md5"]) == {
         k: v for k, v in data.MNIST_MD5.items() if k in data.TRAIN_FILES}
     assert not (tmp_path / "leaderboard" / "test_access.jsonl").exists()
+
+
+@pytest.mark.gpu
+def test_reproduce_on_cuda(tiny_mnist, tmp_path):
+    cnn, mlp = _entries()
+    cuda = torch.device("cuda")
+    rows = reproduce.reproduce([cnn, mlp], 1, cuda, tmp_path, True, Console(quiet=True))
+    assert rows["acc"].between(0.5, 1).all() and not rows["device"].str.startswith("cpu").any()
+    model = reproduce.load_checkpoint(cnn, tmp_path / "leaderboard" / "checkpoints" / cnn.id /
+                                      "seed0.pt", cuda)
+    assert next(model.parameters()).is_cuda
