@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import finalists, models, optim, report, study, train
+from bench import finalists, leaderboard, models, optim, promote, report, reproduce, study, train
 from bench.data import DataError
 from bench.space import SpaceError
 
@@ -83,6 +83,12 @@ FINALIZE_KEYS: dict[str, Callable[[str], Any]] = {
 REPORT_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
 }
+REPRODUCE_KEYS: dict[str, Callable[[str], Any]] = {
+    "ENTRY": str, "N_SEEDS": _positive_int, "DEVICE": _device, "SAVE": _flag,
+    "THREADS": _positive_int, "RESULTS_DIR": _nonempty,
+}
+PROMOTE_KEYS: dict[str, Callable[[str], Any]] = {"NAME": str, "RESULTS_DIR": _nonempty}
+LEADERBOARD_KEYS: dict[str, Callable[[str], Any]] = {"RESULTS_DIR": _nonempty}
 
 
 def parse_overrides(words: list[str], keys: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
@@ -168,6 +174,51 @@ def cmd_report(args: argparse.Namespace, console: Console) -> None:
                   f"{time.perf_counter() - start:.1f} s)")
 
 
+def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
+    overrides = parse_overrides(args.settings, REPRODUCE_KEYS)
+    entries = leaderboard.all_entries()
+    wanted = overrides.get("entry")
+    if wanted and wanted not in entries:
+        raise UsageError(f"unknown entry {wanted!r}; valid: {', '.join(entries)}")
+    device = train.resolve_device(overrides.get("device", "auto"))
+    # One thread by default on CPU: batches of 64 are too small for intra-op parallelism to pay,
+    # and on a busy machine two threads can wait on each other for far longer than they save.
+    threads = overrides.get("threads", 1 if device.type == "cpu" else None)
+    results_dir = Path(overrides.get("results_dir", "results"))
+    chosen = [entries[wanted]] if wanted else list(entries.values())
+    rows = reproduce.reproduce(chosen, overrides.get("n_seeds", 3), device, results_dir,
+                               overrides.get("save", False), console, threads)
+    console.print(leaderboard.rich_table(
+        leaderboard.summarize(rows, {e.id: e for e in chosen})))
+    console.print(f"results: {results_dir}/leaderboard.parquet (make leaderboard shows all "
+                  f"entries and writes {results_dir}/leaderboard.md)")
+
+
+def cmd_promote(args: argparse.Namespace, console: Console) -> None:
+    overrides = parse_overrides(args.settings, PROMOTE_KEYS)
+    name = overrides.get("name")
+    valid = ", ".join(study_names()) or "(none)"
+    if not name:
+        raise UsageError(f"no study named; give NAME=..., one of: {valid}")
+    if name not in study_names():
+        raise UsageError(f"unknown study {name!r}; valid: {valid}")
+    entry = promote.promote(name, Path(overrides.get("results_dir", "results")))
+    console.print(f"promoted {entry.id} ({entry.source}) to entries/{entry.id}.json; "
+                  f"commit it, then: make reproduce ENTRY={entry.id}")
+
+
+def cmd_leaderboard(args: argparse.Namespace, console: Console) -> None:
+    results_dir = Path(parse_overrides(args.settings, LEADERBOARD_KEYS).get("results_dir",
+                                                                            "results"))
+    entries = leaderboard.all_entries()
+    rows = reproduce.read_rows(results_dir)
+    summary = leaderboard.summarize(rows, entries)
+    console.print(leaderboard.rich_table(summary))
+    leaderboard.write_markdown(results_dir / "leaderboard.md",
+                               leaderboard.markdown(summary, rows, entries))
+    console.print(f"written: {results_dir}/leaderboard.md")
+
+
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
     table = Table(title="registered models")
     for col in ("name", "family", "space", "description"):
@@ -178,6 +229,7 @@ def cmd_list(args: argparse.Namespace, console: Console) -> None:
     console.print(table)
     console.print("optimizers: " + ", ".join(sorted(optim.OPTIMIZERS)))
     console.print("schedules:  " + ", ".join(sorted(optim.SCHEDULES)))
+    console.print("leaderboard entries: " + ", ".join(leaderboard.all_entries()))
     for name in study_names():
         question = " ".join(load_study(name).question.split("\n\n")[0].split())
         console.print(f"study {name}: {question}")
@@ -200,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func)
     p = sub.add_parser("list", help="registered models, optimizers, schedules and studies")
     p.set_defaults(func=cmd_list)
+    for name, keys, func, text in (
+            ("reproduce", REPRODUCE_KEYS, cmd_reproduce, "re-run leaderboard entries over seeds"),
+            ("promote", PROMOTE_KEYS, cmd_promote, "make a study's best finalist an entry"),
+            ("leaderboard", LEADERBOARD_KEYS, cmd_leaderboard,
+             "print the leaderboard and write results/leaderboard.md")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                       help=f"settings: {', '.join(keys)}")
+        p.set_defaults(func=func)
     args = parser.parse_args(argv)
     if getattr(args, "name", None) and "=" in args.name:
         args.settings.insert(0, args.name)

@@ -23,6 +23,7 @@ from bench import models, optim
 from bench.data import Split
 
 OnEpoch = Callable[[int, dict[str, float]], bool]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -93,11 +94,18 @@ def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return torch.cat(preds), loss
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 2048) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over all of (x, y), in eval mode."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048,
+             batch_mean: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over all of (x, y), in eval mode.
+
+    `batch_mean` returns the mean of per-batch accuracies instead, as some published recipes
+    compute it: a short last batch then weighs as much as a full one, so `batch_size` matters.
+    """
     preds, loss = predict(model, x, y, batch_size)
-    return loss.item() / len(x), (preds == y).sum().item() / len(x)
+    hits = (preds == y).float()
+    acc = torch.stack([h.mean() for h in hits.split(batch_size)]).mean() if batch_mean else (
+        hits.mean())
+    return loss.item() / len(x), acc.item()
 
 
 def fit(
@@ -109,10 +117,15 @@ def fit(
     epochs: int,
     seed: int,
     on_epoch: OnEpoch | None = None,
+    shuffle: bool = True,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> list[dict[str, float]]:
     """Train for up to `epochs`; returns one metrics dict per epoch run.
 
     The last batch of an epoch is the partial remainder, so every image is seen once per epoch.
+    `shuffle=False` keeps the stored order, and `loss_fn(outputs, labels)` replaces
+    cross-entropy, so fixed published recipes run as their code does. A split without validation
+    images skips validation (its metrics are NaN); the callback can score what it likes.
     Raises NonFiniteLoss when an epoch's loss is NaN/inf (the callback still sees that epoch).
     """
     gen = torch.Generator(device=data.x_train.device).manual_seed(seed)
@@ -123,17 +136,19 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         total = torch.zeros((), device=data.x_train.device)
-        order = torch.randperm(n, generator=gen, device=data.x_train.device)
+        order = (torch.randperm(n, generator=gen, device=data.x_train.device) if shuffle
+                 else torch.arange(n, device=data.x_train.device))
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             total += loss.detach() * len(idx)
         train_loss = total.item() / n
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+        val_loss, val_acc = (evaluate(model, data.x_val, data.y_val) if len(data.x_val)
+                             else (math.nan, math.nan))
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - start}
         history.append(metrics)

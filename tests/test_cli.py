@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import cli
 
@@ -122,3 +123,55 @@ def test_make_takes_settings_from_the_environment_too(tmp_path):
                           env={**ENV, "TRIALS": "zero", "RESULTS_DIR": str(tmp_path)})
     assert proc.returncode != 0
     assert "error: TRIALS='zero' is not valid" in proc.stderr
+
+
+ENTRY_IDS = ("mlp-128-128-adam, mlp-bn-300-100-sgd, mlp-bn-300-100-sgd-fixed, "
+             "mlp-400-200-100-sgd, cnn-conv32-adam, mlp-64-32-softmax-sgd, "
+             "mlp-64-32-softmax-sgd-fixed")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["reproduce", "ENTRY=nope"], f"error: unknown entry 'nope'; valid: {ENTRY_IDS}"),
+    (["reproduce", "SEED=1"], "error: unknown setting 'SEED'; valid: ENTRY, N_SEEDS, DEVICE, "
+                              "SAVE, THREADS, RESULTS_DIR"),
+    (["reproduce", "N_SEEDS=0"], "error: N_SEEDS='0' is not valid: expected a positive integer"),
+    (["reproduce", "SAVE=yes"], "error: SAVE='yes' is not valid: expected 0 or 1"),
+    (["reproduce", "DEVICE=tpu"],
+     "error: DEVICE='tpu' is not valid: expected auto or cpu or cuda"),
+    (["reproduce", "THREADS=two"],
+     "error: THREADS='two' is not valid: expected a positive integer"),
+    (["promote"], "error: no study named; give NAME=..., one of: mlp_vs_cnn"),
+    (["promote", "NAME=nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["promote", "NAME=mlp_vs_cnn"], "error: no finalists at {r}/mlp_vs_cnn/finalists.parquet; "
+                                     "run make finalize NAME=mlp_vs_cnn first"),
+    (["leaderboard"], "error: no leaderboard results at {r}/leaderboard.parquet; "
+                      "run make reproduce first"),
+    (["leaderboard", "ENTRY=x"], "error: unknown setting 'ENTRY'; valid: RESULTS_DIR"),
+])
+def test_leaderboard_commands_reject_bad_input_and_write_nothing(args, message, tmp_path,
+                                                                capsys):
+    results = tmp_path / "r"
+    assert cli.main([*args, f"RESULTS_DIR={results}"]) == 2  # in-process: no torch start-up
+    assert capsys.readouterr().err.strip() == message.format(r=results)
+    assert not results.exists() and not (ROOT / "entries").exists()
+
+
+def test_make_reproduce_hands_its_variables_to_the_cli(tmp_path):
+    proc = subprocess.run(["make", "-s", "reproduce", "N_SEED=1", f"RESULTS_DIR={tmp_path}",
+                           f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV)
+    assert proc.returncode != 0
+    assert "error: unknown setting 'N_SEED'" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_reproduce_then_leaderboard_in_process(tiny_mnist, tmp_path, one_thread, capsys):
+    settings = [f"RESULTS_DIR={tmp_path}"]
+    assert cli.main(["reproduce", "ENTRY=cnn-conv32-adam", "N_SEEDS=1", "DEVICE=cpu",
+                     *settings]) == 0
+    assert torch.get_num_threads() == 1  # the CPU default (one_thread restores it)
+    assert cli.main(["leaderboard", *settings]) == 0
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "| cnn-conv32-adam | test (accuracy) |" in md and "| 1 | [97.5%, 98.5%) |" in md
+    assert "| mlp-400-200-100-sgd |  |  | 0 | 97.70% | not run |  |" in md
+    assert "cnn-conv32-adam seed 0:" in capsys.readouterr().out
