@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import re
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import host, models, optim, speed, study, train
+from bench import (
+    finalists,
+    host,
+    leaderboard,
+    models,
+    optim,
+    promote,
+    report,
+    reproduce,
+    speed,
+    study,
+    train,
+)
 from bench.data import DataError
 from bench.space import SpaceError
 
@@ -95,6 +108,19 @@ BENCH_KEYS: dict[str, Callable[[str], Any]] = {
     "ROWS": _bench_rows, "SEED": _int, "RESULTS_DIR": _nonempty,
 }
 BENCH_EPOCHS = 3
+FINALIZE_KEYS: dict[str, Callable[[str], Any]] = {
+    "NAME": str, "K": _positive_int, "SEEDS": _positive_int, "DEVICE": _device,
+    "REFRESH": _flag, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
+}
+REPORT_KEYS: dict[str, Callable[[str], Any]] = {
+    "NAME": str, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
+}
+REPRODUCE_KEYS: dict[str, Callable[[str], Any]] = {
+    "ENTRY": str, "N_SEEDS": _positive_int, "DEVICE": _device, "SAVE": _flag,
+    "THREADS": _positive_int, "RESULTS_DIR": _nonempty,
+}
+PROMOTE_KEYS: dict[str, Callable[[str], Any]] = {"NAME": str, "RESULTS_DIR": _nonempty}
+LEADERBOARD_KEYS: dict[str, Callable[[str], Any]] = {"RESULTS_DIR": _nonempty}
 
 
 def parse_overrides(words: list[str], keys: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
@@ -132,19 +158,99 @@ def load_study(name: str) -> study.Study:
     return found
 
 
-def cmd_study(args: argparse.Namespace, console: Console) -> None:
-    overrides = parse_overrides(args.settings, STUDY_KEYS)
+def _named(args: argparse.Namespace, keys: dict[str, Callable[[str], Any]]) -> tuple:
+    """(study name, its definition, the remaining typed overrides) of a command line."""
+    overrides = parse_overrides(args.settings, keys)
     name = overrides.pop("name", None) or args.name
     if not name:
         raise UsageError(f"no study named; give NAME=..., one of: {', '.join(study_names())}")
-    definition = load_study(name)
+    return name, load_study(name), overrides
+
+
+def _folder(name: str, overrides: dict) -> Path:
+    out = study.results_folder(Path(overrides.get("results_dir", "results")), name,
+                               overrides.get("smoke", False))
+    if not (out / "trials.parquet").is_file():
+        raise UsageError(f"no study results in {out}; run `make study NAME={name}` first")
+    return out
+
+
+def cmd_study(args: argparse.Namespace, console: Console) -> None:
+    name, definition, overrides = _named(args, STUDY_KEYS)
     device = train.resolve_device(overrides.pop("device", "auto"))
     cfg = study.resolve(definition, name, device, overrides)
     if device.type == "cpu":
         host.tune()
     out = study.run(definition, cfg, console)
+    page = report.build(out, name)
     console.print(f"results: {out}/trials.parquet, {out}/epochs.parquet "
                   f"(Optuna journal: {out}/optuna.journal)")
+    console.print(f"report (validation only): {page}")
+
+
+def cmd_finalize(args: argparse.Namespace, console: Console) -> None:
+    name, definition, overrides = _named(args, FINALIZE_KEYS)
+    out = _folder(name, overrides)
+    device = train.resolve_device(overrides.get("device", "auto"))
+    finalists.finalize(definition, out, device, overrides.get("k", finalists.K),
+                       overrides.get("seeds", finalists.SEEDS), overrides.get("refresh", False),
+                       console)
+    console.print(f"finalists: {out}/finalists.parquet; test reads logged in "
+                  f"{out}/test_access.jsonl")
+    console.print(f"report: {report.build(out, name)}")
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> None:
+    name, _, overrides = _named(args, REPORT_KEYS)
+    start = time.perf_counter()
+    page = report.build(_folder(name, overrides), name)
+    console.print(f"report: {page} ({page.stat().st_size / 1e6:.1f} MB, "
+                  f"{time.perf_counter() - start:.1f} s)")
+
+
+def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
+    overrides = parse_overrides(args.settings, REPRODUCE_KEYS)
+    entries = leaderboard.all_entries()
+    wanted = overrides.get("entry")
+    if wanted and wanted not in entries:
+        raise UsageError(f"unknown entry {wanted!r}; valid: {', '.join(entries)}")
+    device = train.resolve_device(overrides.get("device", "auto"))
+    # One thread by default on CPU: batches of 64 are too small for intra-op parallelism to pay,
+    # and on a busy machine two threads can wait on each other for far longer than they save.
+    threads = overrides.get("threads", 1 if device.type == "cpu" else None)
+    results_dir = Path(overrides.get("results_dir", "results"))
+    chosen = [entries[wanted]] if wanted else list(entries.values())
+    rows = reproduce.reproduce(chosen, overrides.get("n_seeds", 3), device, results_dir,
+                               overrides.get("save", False), console, threads)
+    console.print(leaderboard.rich_table(
+        leaderboard.summarize(rows, {e.id: e for e in chosen})))
+    console.print(f"results: {results_dir}/leaderboard.parquet (make leaderboard shows all "
+                  f"entries and writes {results_dir}/leaderboard.md)")
+
+
+def cmd_promote(args: argparse.Namespace, console: Console) -> None:
+    overrides = parse_overrides(args.settings, PROMOTE_KEYS)
+    name = overrides.get("name")
+    valid = ", ".join(study_names()) or "(none)"
+    if not name:
+        raise UsageError(f"no study named; give NAME=..., one of: {valid}")
+    if name not in study_names():
+        raise UsageError(f"unknown study {name!r}; valid: {valid}")
+    entry = promote.promote(name, Path(overrides.get("results_dir", "results")))
+    console.print(f"promoted {entry.id} ({entry.source}) to entries/{entry.id}.json; "
+                  f"commit it, then: make reproduce ENTRY={entry.id}")
+
+
+def cmd_leaderboard(args: argparse.Namespace, console: Console) -> None:
+    results_dir = Path(parse_overrides(args.settings, LEADERBOARD_KEYS).get("results_dir",
+                                                                            "results"))
+    entries = leaderboard.all_entries()
+    rows = reproduce.read_rows(results_dir)
+    summary = leaderboard.summarize(rows, entries)
+    console.print(leaderboard.rich_table(summary))
+    leaderboard.write_markdown(results_dir / "leaderboard.md",
+                               leaderboard.markdown(summary, rows, entries))
+    console.print(f"written: {results_dir}/leaderboard.md")
 
 
 def cmd_bench(args: argparse.Namespace, console: Console) -> None:
@@ -173,6 +279,7 @@ def cmd_list(args: argparse.Namespace, console: Console) -> None:
     console.print(table)
     console.print("optimizers: " + ", ".join(sorted(optim.OPTIMIZERS)))
     console.print("schedules:  " + ", ".join(sorted(optim.SCHEDULES)))
+    console.print("leaderboard entries: " + ", ".join(leaderboard.all_entries()))
     for name in study_names():
         question = " ".join(load_study(name).question.split("\n\n")[0].split())
         console.print(f"study {name}: {question}")
@@ -181,19 +288,35 @@ def cmd_list(args: argparse.Namespace, console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("study", help="run or continue a study (reads train/validation only)")
-    p.add_argument("name", nargs="?", help="study file under studies/ (or NAME=...)")
-    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
-                   help=f"overrides: {', '.join(STUDY_KEYS)}")
-    p.set_defaults(func=cmd_study)
+    commands = (
+        ("study", cmd_study, STUDY_KEYS, "run or continue a study (reads train/validation only)"),
+        ("finalize", cmd_finalize, FINALIZE_KEYS,
+         "retrain the validation-chosen finalists over seeds and score them once on test"),
+        ("report", cmd_report, REPORT_KEYS, "render results/<name>/report.html from the store"),
+    )
+    for command, func, keys, text in commands:
+        p = sub.add_parser(command, help=text)
+        p.add_argument("name", nargs="?", help="study file under studies/ (or NAME=...)")
+        p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                       help=f"settings: {', '.join(keys)}")
+        p.set_defaults(func=func)
     p = sub.add_parser("bench", help="seconds per epoch: the tutorial pipeline vs the harness")
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                    help=f"overrides: {', '.join(BENCH_KEYS)}")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("list", help="registered models, optimizers, schedules and studies")
     p.set_defaults(func=cmd_list)
+    for name, keys, func, text in (
+            ("reproduce", REPRODUCE_KEYS, cmd_reproduce, "re-run leaderboard entries over seeds"),
+            ("promote", PROMOTE_KEYS, cmd_promote, "make a study's best finalist an entry"),
+            ("leaderboard", LEADERBOARD_KEYS, cmd_leaderboard,
+             "print the leaderboard and write results/leaderboard.md")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                       help=f"settings: {', '.join(keys)}")
+        p.set_defaults(func=func)
     args = parser.parse_args(argv)
-    if args.command == "study" and args.name and "=" in args.name:
+    if getattr(args, "name", None) and "=" in args.name:
         args.settings.insert(0, args.name)
         args.name = None
     console = Console(width=None if sys.stdout.isatty() else 120)

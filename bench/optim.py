@@ -142,6 +142,18 @@ def _step(opt, total_steps, epoch_steps, every=1, gamma=0.5):
     return lr_scheduler.StepLR(opt, step_size=every * epoch_steps, gamma=gamma)
 
 
+@_register(SCHEDULES, "schedule", "multistep")
+def _multistep(opt, total_steps, epoch_steps, at=(), gamma=0.1):
+    """Multiply the lr by `gamma` at the start of each epoch listed in `at` (counted from 0).
+
+    Epoch 0 in `at` lowers the lr before the first step, as a recipe whose loop decays the lr at
+    the top of every fifth epoch does; the effective lr of epoch e is lr * gamma**#{a <= e}.
+    """
+    milestones = sorted(at)
+    return lr_scheduler.LambdaLR(
+        opt, lambda step: gamma ** sum(step // epoch_steps >= a for a in milestones))
+
+
 @_register(SCHEDULES, "schedule", "cosine")
 def _cosine(opt, total_steps, epoch_steps):
     return lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)

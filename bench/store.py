@@ -39,6 +39,7 @@ TRIAL_COLUMNS = {
     "split_hash": "sha256 prefix of the validation indices",
     "space_hash": "sha256 prefix of the search space, families, normalisation and split size",
     "datetime_start": "when the trial started",
+    "recipe": "the full training recipe (JSON of train.Recipe): what finalists retrain",
 }
 EPOCH_COLUMNS = {
     "family": "as in trials.parquet",

@@ -78,7 +78,12 @@ class RunConfig:
 
     @property
     def out(self) -> Path:
-        return self.results_dir / (self.name + ("-smoke" if self.smoke else ""))
+        return results_folder(self.results_dir, self.name, self.smoke)
+
+
+def results_folder(results_dir: Path, name: str, smoke: bool) -> Path:
+    """Where a study's store lives; smoke runs keep apart from real ones."""
+    return Path(results_dir) / (name + ("-smoke" if smoke else ""))
 
 
 def resolve(study: Study, name: str, device: torch.device, overrides: dict) -> RunConfig:
@@ -182,6 +187,7 @@ def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
                                           "threads", "git_sha", "versions", "data_md5",
                                           "split_hash", "space_hash")},
                 "datetime_start": t.datetime_start,
+                "recipe": json.dumps(ua["recipe"], sort_keys=True) if "recipe" in ua else None,
                 **{f"param_{k}": v for k, v in t.params.items()},
             })
             epochs += [{"family": family, "number": t.number, **h} for h in hist]

@@ -27,29 +27,47 @@ def config_table(cfg: RunConfig, space: Space, device_name: str) -> Table:
     return table
 
 
+def family_summary(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per family: outcomes, time spent and its best completed trial (validation only)."""
+    rows = []
+    for family, df in trials.groupby("family", sort=False):
+        reason = df["stop_reason"].value_counts()
+        row = {"family": family, "trials": len(df),
+               "completed": int((df["state"] == "COMPLETE").sum()),
+               "pruned": int(reason.get("pruned", 0)),
+               "cut by budget": int(reason.get("budget", 0)),
+               "failed": int((df["state"] == "FAIL").sum()),
+               "total s": df["wall_seconds"].sum()}
+        done = df[df["state"] == "COMPLETE"]
+        if not done.empty:
+            best = done.loc[done["value"].idxmax()]
+            row |= {"best val acc": best["value"], "val loss": best["final_val_loss"],
+                    "epochs": best["epochs_run"], "params": best["params_count"],
+                    "trial s": best["wall_seconds"], "optimizer": best["param_optimizer"],
+                    "lr": best["param_lr"], "batch size": best["param_batch_size"]}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def summary_table(trials: pd.DataFrame) -> Table:
-    """Best completed trial per family, validation numbers only."""
+    """The family summary for the terminal."""
     table = Table(title="Best trial per family (validation only; test is held out)",
                   caption="outcomes: completed / pruned / cut by the time budget / failed")
     heads = ("family", "trials", "outcomes", "total s", "best val acc",
              "val loss", "epochs", "params", "trial s", "optimizer, lr, bs")
     for col in heads:
         table.add_column(col, justify="left" if col in (heads[0], heads[-1]) else "right")
-    for family, df in trials.groupby("family", sort=False):
-        reason = df["stop_reason"].value_counts()
-        outcomes = [(df["state"] == "COMPLETE").sum(), reason.get("pruned", 0),
-                    reason.get("budget", 0), (df["state"] == "FAIL").sum()]
-        head = [str(family), str(len(df)), "/".join(map(str, outcomes)),
-                f"{df['wall_seconds'].sum():.0f}"]
-        done = df[df["state"] == "COMPLETE"]
-        if done.empty:
+    for r in family_summary(trials).to_dict("records"):
+        head = [str(r["family"]), str(r["trials"]),
+                f"{r['completed']}/{r['pruned']}/{r['cut by budget']}/{r['failed']}",
+                f"{r['total s']:.0f}"]
+        if pd.isna(r.get("best val acc", float("nan"))):
             table.add_row(*head, *["-"] * 6)
             continue
-        best = done.loc[done["value"].idxmax()]
         table.add_row(
-            *head, f"{best['value']:.4f}", f"{best['final_val_loss']:.4f}",
-            str(best["epochs_run"]), f"{best['params_count']:,}", f"{best['wall_seconds']:.3g}",
-            f"{best['param_optimizer']}, {best['param_lr']:.2g}, {best['param_batch_size']}",
+            *head, f"{r['best val acc']:.4f}", f"{r['val loss']:.4f}", str(r["epochs"]),
+            f"{r['params']:,}", f"{r['trial s']:.3g}",
+            f"{r['optimizer']}, {r['lr']:.2g}, {r['batch size']}",
         )
     return table
 

@@ -26,6 +26,7 @@ from bench import models, optim
 from bench.data import Split
 
 OnEpoch = Callable[[int, dict[str, float]], bool]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -99,18 +100,33 @@ EVAL_BATCH = {"cpu": 128, "cuda": 2048}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over all of (x, y), in eval mode."""
+def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes and summed cross-entropy over (x, y) in eval mode, without a host sync."""
     batch_size = batch_size or EVAL_BATCH.get(x.device.type, 2048)
     model.eval()
     loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    preds = []
     for i in range(0, len(x), batch_size):
         out = model(x[i:i + batch_size])
         loss += F.cross_entropy(out, y[i:i + batch_size], reduction="sum")
-        correct += (out.argmax(1) == y[i:i + batch_size]).sum()
-    return loss.item() / len(x), correct.item() / len(x)
+        preds.append(out.argmax(1))
+    return torch.cat(preds), loss
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None,
+             batch_mean: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over all of (x, y), in eval mode.
+
+    `batch_mean` returns the mean of per-batch accuracies instead, as some published recipes
+    compute it: a short last batch then weighs as much as a full one, so `batch_size` matters.
+    """
+    batch_size = batch_size or EVAL_BATCH.get(x.device.type, 2048)
+    preds, loss = predict(model, x, y, batch_size)
+    hits = (preds == y).float()
+    acc = torch.stack([h.mean() for h in hits.split(batch_size)]).mean() if batch_mean else (
+        hits.mean())
+    return loss.item() / len(x), acc.item()
 
 
 def fit(
@@ -123,10 +139,15 @@ def fit(
     seed: int,
     on_epoch: OnEpoch | None = None,
     graph: bool | None = None,
+    shuffle: bool = True,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> list[dict[str, float]]:
     """Train for up to `epochs`; returns one metrics dict per epoch run.
 
     The last batch of an epoch is the partial remainder, so every image is seen once per epoch.
+    `shuffle=False` keeps the stored order, and `loss_fn(outputs, labels)` replaces
+    cross-entropy, so fixed published recipes run as their code does. A split without validation
+    images skips validation (its metrics are NaN); the callback can score what it likes.
     Raises NonFiniteLoss when an epoch's loss is NaN/inf (the callback still sees that epoch).
     `graph`: None captures each step as a CUDA graph on CUDA and trains eagerly elsewhere; True
     runs the graph's static step functions (uncaptured off CUDA: how tests check them); False is
@@ -134,7 +155,8 @@ def fit(
     """
     gen = torch.Generator(device=data.x_train.device).manual_seed(seed)
     n = len(data.x_train)
-    use_graph = data.x_train.is_cuda if graph is None else graph
+    # The captured step computes cross-entropy; a recipe's own loss trains eagerly.
+    use_graph = data.x_train.is_cuda and loss_fn is F.cross_entropy if graph is None else graph
     began = time.perf_counter()  # the first epoch's time includes the graph capture
     graphed = graphs.prepare(model, optimizer, schedule, data, batch_size) if use_graph else None
     history = []
@@ -143,20 +165,22 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         total = torch.zeros((), device=data.x_train.device)
-        order = torch.randperm(n, generator=gen, device=data.x_train.device)
+        order = (torch.randperm(n, generator=gen, device=data.x_train.device) if shuffle
+                 else torch.arange(n, device=data.x_train.device))
         if graphed:
             lr, total = graphed.epoch(order)
         else:
             for i in range(0, n, batch_size):
                 idx = order[i:i + batch_size]
-                loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
                 total += loss.detach() * len(idx)
         train_loss = total.item() / n
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+        val_loss, val_acc = (evaluate(model, data.x_val, data.y_val) if len(data.x_val)
+                             else (math.nan, math.nan))
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - start}
         history.append(metrics)

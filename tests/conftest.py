@@ -72,3 +72,12 @@ def tiny_split() -> data.Split:
     images, labels = synthetic_digits(600, 0)
     raw = data.Raw(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels), {})
     return data.train_val(raw, 200, 0, "mnist", torch.device("cpu"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, and on a busy machine far faster; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,178 @@
+"""Finalists: the one step of a study that reads the test split.
+
+The top-k completed trials of each family, ranked by validation accuracy in the store (never by
+test), are retrained on the study's own training split for several seeds and each run is scored
+once on the 10k test images. Every read is logged to test_access.jsonl before it happens, and
+every prediction is kept, so the families' winners can be compared paired on the same images.
+A second run reuses the stored scores and does not open the test files unless asked to refresh.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench import data, provenance, store, study, train
+from bench.models import count_params
+
+CODE = "bench.finalists"
+K, SEEDS = 2, 3  # default finalists per family and seeds per finalist
+MISCLASSIFIED_KEPT = 60  # per family winner, for the report's grid of misclassified digits
+
+FINALIST_COLUMNS = {
+    "family": "architecture family",
+    "rank": "1 = the family's best trial on validation, 2 = the next, ...",
+    "number": "the study trial the configuration comes from",
+    "arch": "registered model name",
+    "seed": "torch seed of this retraining run",
+    "recipe": "the trial's training recipe (JSON), retrained as is",
+    "normalization": "input normalisation of the study",
+    "val_size": "validation images held out of the training split",
+    "split_seed": "seed of the study's train/validation split",
+    "split_hash": "sha256 prefix of the validation indices (matches trials.parquet)",
+    "trial_val_acc": "the trial's validation accuracy in the study (what it was chosen on)",
+    "val_acc": "validation accuracy of this retraining run",
+    "test_acc": "test accuracy of this run; NaN when the run diverged (then test was not scored)",
+    "test_loss": "test cross-entropy of this run",
+    "epochs": "epochs trained",
+    "train_seconds": "wall time of training and validation",
+    "params_count": "trainable parameters",
+    "device": "device name",
+    "git_sha": "code version",
+    "versions": "python and package versions",
+}
+PREDICTION_COLUMNS = {
+    "family": "as in finalists.parquet", "rank": "as in finalists.parquet",
+    "seed": "as in finalists.parquet", "index": "test image index (0..9999)",
+    "label": "true digit", "pred": "predicted digit",
+}
+MISCLASSIFIED_COLUMNS = {
+    "family": "as in finalists.parquet", "index": "test image index", "label": "true digit",
+    "pred": "predicted digit", "pixels": "784 uint8 pixels, row-major",
+}
+
+
+def select(trials: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The top `k` completed trials per family by validation objective.
+
+    Ties go to fewer parameters, then to the earlier trial, so the choice is deterministic.
+    """
+    done = trials[(trials["state"] == "COMPLETE") & trials["recipe"].notna()]
+    ranked = done.sort_values(["family", "value", "params_count", "number"],
+                              ascending=[True, False, True, True])
+    top = ranked.groupby("family", sort=False).head(k).copy()
+    top["rank"] = top.groupby("family").cumcount() + 1
+    return top.reset_index(drop=True)
+
+
+def run_seed(family: str, number: int, index: int, split_seed: int) -> int:
+    return zlib.crc32(f"final/{split_seed}/{family}/{number}/{index}".encode())
+
+
+def last_run(out: Path) -> dict:
+    """The study's most recent invocation record: split seed, smoke flag, provenance."""
+    path = out / "runs.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no study at {out} (missing runs.jsonl); run the study first")
+    return json.loads(path.read_text().splitlines()[-1])
+
+
+def finalize(definition: study.Study, out: Path, device: torch.device, k: int, seeds: int,
+             refresh: bool, console: Console) -> pd.DataFrame:
+    """Retrain and score the finalists of the study stored in `out`; returns finalists.parquet."""
+    target = out / "finalists.parquet"
+    if target.is_file() and not refresh:
+        console.print(f"{target} exists: reusing its test scores; the test split was not read "
+                      "(REFRESH=1 retrains and scores again)")
+        return pd.read_parquet(target)
+    trials = store.read(out, "trials")
+    chosen = select(trials, k)
+    if chosen.empty:
+        raise ValueError(f"no completed trial in {out}/trials.parquet; run the study first")
+    run = last_run(out)
+    split_seed, smoke = run["config"]["seed"], run["config"]["smoke"]
+    val_size = study.SMOKE_VAL if smoke else definition.val_size
+    split = data.train_val(data.load_train(), val_size, split_seed, definition.normalization,
+                           device, study.SMOKE_SUBSET if smoke else None)
+    expected = set(trials["split_hash"].dropna())
+    if expected != {split.split_hash}:
+        raise ValueError(f"the split rebuilt from {out}/runs.jsonl (hash {split.split_hash}) is "
+                         f"not the study's {sorted(expected)}; the study folder is inconsistent")
+    prov = provenance.collect(device)
+    names = [f"{r.family}#{r.number}" for r in chosen.itertuples()]
+    store.log_test_access(out, CODE, f"load the test split to score finalists {names}",
+                          {"k": k, "seeds": seeds})
+    test = data.load_test()
+    x_test = data.to_inputs(test.images, definition.normalization, device)
+    y_test = test.labels.to(device)
+
+    rows, preds, table = [], [], _progress_table()
+    for r in chosen.itertuples():
+        recipe = train.Recipe(**json.loads(r.recipe))
+        for i in range(seeds):
+            seed = run_seed(r.family, r.number, i, split_seed)
+            train.seed_everything(seed)
+            model, opt, sched = train.build(recipe, len(split.x_train), device)
+            console.print(f"retraining {r.family} rank {r.rank} (trial {r.number}, {r.arch}) "
+                          f"seed {i + 1}/{seeds}: {recipe.epochs} epochs")
+            row = {"family": r.family, "rank": r.rank, "number": r.number, "arch": r.arch,
+                   "seed": seed, "recipe": r.recipe, "normalization": definition.normalization,
+                   "val_size": val_size, "split_seed": split_seed,
+                   "split_hash": split.split_hash, "trial_val_acc": r.value,
+                   "params_count": count_params(model), "device": prov["device"],
+                   "git_sha": prov["git_sha"], "versions": prov["versions"]}
+            try:
+                hist = train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs,
+                                 seed)
+            except train.NonFiniteLoss:
+                rows.append({**row, "val_acc": math.nan, "test_acc": math.nan,
+                             "test_loss": math.nan, "epochs": 0, "train_seconds": math.nan})
+                continue
+            store.log_test_access(out, CODE, f"score finalist {r.family} rank {r.rank}",
+                                  {"number": r.number, **recipe.to_dict()}, seed)
+            pred, loss = train.predict(model, x_test, y_test)
+            pred = pred.cpu().numpy()
+            rows.append({**row, "val_acc": hist[-1]["val_acc"],
+                         "test_acc": float((pred == test.labels.numpy()).mean()),
+                         "test_loss": loss.item() / len(pred), "epochs": len(hist),
+                         "train_seconds": sum(h["seconds"] for h in hist)})
+            preds.append(pd.DataFrame({"family": r.family, "rank": r.rank, "seed": seed,
+                                       "index": np.arange(len(pred)),
+                                       "label": test.labels.numpy(), "pred": pred}))
+            table.add_row(r.family, str(r.rank), str(r.number), str(seed),
+                          f"{rows[-1]['val_acc']:.4f}", f"{rows[-1]['test_acc']:.4f}")
+    finalists = pd.DataFrame(rows, columns=list(FINALIST_COLUMNS))
+    predictions = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(
+        columns=list(PREDICTION_COLUMNS))
+    store.write_parquet(out / "test_predictions.parquet", predictions)
+    store.write_parquet(out / "misclassified.parquet", _misclassified(predictions, test.images))
+    store.write_parquet(target, finalists)  # last: its presence means the set is complete
+    console.print(table)
+    return finalists
+
+
+def _misclassified(predictions: pd.DataFrame, images: torch.Tensor) -> pd.DataFrame:
+    """The first seed's mistakes of each family's rank-1 finalist, with pixels for the report."""
+    rows = []
+    for family, df in predictions[predictions["rank"] == 1].groupby("family", sort=False):
+        first = df[df["seed"] == df["seed"].iloc[0]]
+        wrong = first[first["label"] != first["pred"]].head(MISCLASSIFIED_KEPT)
+        for w in wrong.itertuples():
+            rows.append({"family": family, "index": w.index, "label": w.label, "pred": w.pred,
+                         "pixels": images[w.index].flatten().numpy().tolist()})
+    return pd.DataFrame(rows, columns=list(MISCLASSIFIED_COLUMNS))
+
+
+def _progress_table() -> Table:
+    table = Table(title="Finalists (chosen on validation, scored once on test)")
+    for col in ("family", "rank", "trial", "seed", "val acc", "test acc"):
+        table.add_column(col, justify="left" if col == "family" else "right")
+    return table
