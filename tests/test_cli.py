@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import cli
+from bench import cli, leaderboard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,9 +125,7 @@ def test_make_takes_settings_from_the_environment_too(tmp_path):
     assert "error: TRIALS='zero' is not valid" in proc.stderr
 
 
-ENTRY_IDS = ("mlp-128-128-adam, mlp-bn-300-100-sgd, mlp-bn-300-100-sgd-fixed, "
-             "mlp-400-200-100-sgd, cnn-conv32-adam, mlp-64-32-softmax-sgd, "
-             "mlp-64-32-softmax-sgd-fixed")
+ENTRY_IDS = ", ".join(leaderboard.all_entries())  # the recipes, then promoted entries
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -151,9 +149,10 @@ ENTRY_IDS = ("mlp-128-128-adam, mlp-bn-300-100-sgd, mlp-bn-300-100-sgd-fixed, "
 def test_leaderboard_commands_reject_bad_input_and_write_nothing(args, message, tmp_path,
                                                                 capsys):
     results = tmp_path / "r"
+    entries = sorted((ROOT / "entries").glob("*"))
     assert cli.main([*args, f"RESULTS_DIR={results}"]) == 2  # in-process: no torch start-up
     assert capsys.readouterr().err.strip() == message.format(r=results)
-    assert not results.exists() and not (ROOT / "entries").exists()
+    assert not results.exists() and sorted((ROOT / "entries").glob("*")) == entries
 
 
 def test_make_reproduce_hands_its_variables_to_the_cli(tmp_path):
