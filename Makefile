@@ -27,15 +27,20 @@ env = $(foreach v,$(1),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
 STUDY_KEYS := NAME TRIALS TIMEOUT DEVICE SEED SMOKE RESULTS_DIR WORKERS STORAGE
 WORKER_KEYS := NAME STORAGE WORKERS SMOKE RESULTS_DIR
 FINALIZE_KEYS := NAME K SEEDS DEVICE REFRESH SMOKE RESULTS_DIR
+REPRODUCE_KEYS := ENTRY N_SEEDS DEVICE SAVE THREADS RESULTS_DIR
+BENCH_KEYS := DEVICE EPOCHS QUICK MODELS ROWS SEED RESULTS_DIR
 
-.PHONY: help setup study worker finalize report list test test-full test-gpu lint clean
+.PHONY: help setup study worker finalize report reproduce promote leaderboard bench list test \
+  test-full test-gpu lint clean
 
 help: ## show this help
 	@echo "usage: make TARGET [NAME=study] [KEY=VALUE ...]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 	@echo "study settings: NAME TRIALS TIMEOUT DEVICE=auto|cpu|cuda SEED SMOKE=1 RESULTS_DIR"
 	@echo "                WORKERS=n STORAGE=postgresql://user@host/db"
 	@echo "finalize settings: NAME K SEEDS DEVICE REFRESH=1 SMOKE=1 RESULTS_DIR"
+	@echo "reproduce settings: ENTRY N_SEEDS=3 DEVICE=auto|cpu|cuda SAVE=1 THREADS RESULTS_DIR"
+	@echo "bench settings: DEVICE=auto|cpu|cuda EPOCHS QUICK=1 MODELS=a,b ROWS=a,b SEED RESULTS_DIR"
 	@echo "PYTHON=python3 uses that interpreter instead of creating $(VENV)"
 
 setup: $(SETUP) ## create .venv and install the package with dev tools (idempotent)
@@ -58,6 +63,18 @@ finalize: $(SETUP) ## score the validation-chosen finalists on test: make finali
 
 report: $(SETUP) ## re-render results/NAME/report.html from the store: make report NAME=x
 	$(PY) -m bench report $(call env,NAME SMOKE RESULTS_DIR) $(MAKEOVERRIDES)
+
+reproduce: $(SETUP) ## re-run leaderboard entries: make reproduce [ENTRY=id N_SEEDS=3 DEVICE= SAVE=1]
+	$(PY) -m bench reproduce $(call env,$(REPRODUCE_KEYS)) $(MAKEOVERRIDES)
+
+promote: $(SETUP) ## make a study's best finalist a leaderboard entry: make promote NAME=mlp_vs_cnn
+	$(PY) -m bench promote $(call env,NAME RESULTS_DIR) $(MAKEOVERRIDES)
+
+leaderboard: $(SETUP) ## print the leaderboard table and write results/leaderboard.md
+	$(PY) -m bench leaderboard $(call env,RESULTS_DIR) $(MAKEOVERRIDES)
+
+bench: $(SETUP) ## seconds per epoch, tutorial pipeline vs harness: make bench [DEVICE= QUICK=1 EPOCHS= MODELS=]
+	$(PY) -m bench bench $(call env,$(BENCH_KEYS)) $(MAKEOVERRIDES)
 
 list: $(SETUP) ## list registered models, optimizers, schedules and studies
 	$(PY) -m bench list

@@ -11,6 +11,7 @@ import importlib.util
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,21 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import finalists, models, optim, outcomes, report, storage, study, train
+from bench import (
+    finalists,
+    host,
+    leaderboard,
+    models,
+    optim,
+    outcomes,
+    promote,
+    report,
+    reproduce,
+    speed,
+    storage,
+    study,
+    train,
+)
 from bench.data import DataError
 from bench.space import SpaceError
 
@@ -83,6 +98,25 @@ WORKER_KEYS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _bench_models(v: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in v.split(","))
+    if not all(n in speed.CASES for n in names):
+        raise ValueError(f"a comma-separated list of {', '.join(speed.CASES)}")
+    return names
+
+
+def _bench_rows(v: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in v.split(","))
+    if not all(n in speed.PIPELINES for n in names):
+        raise ValueError(f"a comma-separated list of {', '.join(speed.PIPELINES)}")
+    return names
+
+
+BENCH_KEYS: dict[str, Callable[[str], Any]] = {
+    "DEVICE": _device, "EPOCHS": _positive_int, "QUICK": _flag, "MODELS": _bench_models,
+    "ROWS": _bench_rows, "SEED": _int, "RESULTS_DIR": _nonempty,
+}
+BENCH_EPOCHS = 3
 FINALIZE_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "K": _positive_int, "SEEDS": _positive_int, "DEVICE": _device,
     "REFRESH": _flag, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
@@ -90,6 +124,12 @@ FINALIZE_KEYS: dict[str, Callable[[str], Any]] = {
 REPORT_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
 }
+REPRODUCE_KEYS: dict[str, Callable[[str], Any]] = {
+    "ENTRY": str, "N_SEEDS": _positive_int, "DEVICE": _device, "SAVE": _flag,
+    "THREADS": _positive_int, "RESULTS_DIR": _nonempty,
+}
+PROMOTE_KEYS: dict[str, Callable[[str], Any]] = {"NAME": str, "RESULTS_DIR": _nonempty}
+LEADERBOARD_KEYS: dict[str, Callable[[str], Any]] = {"RESULTS_DIR": _nonempty}
 
 
 def parse_overrides(words: list[str], keys: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
@@ -149,6 +189,8 @@ def cmd_study(args: argparse.Namespace, console: Console) -> None:
     name, definition, overrides = _named(args, STUDY_KEYS)
     device = train.resolve_device(overrides.pop("device", "auto"))
     cfg = study.resolve(definition, name, device, overrides)
+    if device.type == "cpu":
+        host.tune()
     out = study.run(definition, cfg, console)
     page = report.build(out, name)
     where = storage.masked(cfg.storage) if cfg.storage else f"{out}/optuna.journal"
@@ -184,6 +226,67 @@ def cmd_report(args: argparse.Namespace, console: Console) -> None:
                   f"{time.perf_counter() - start:.1f} s)")
 
 
+def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
+    overrides = parse_overrides(args.settings, REPRODUCE_KEYS)
+    entries = leaderboard.all_entries()
+    wanted = overrides.get("entry")
+    if wanted and wanted not in entries:
+        raise UsageError(f"unknown entry {wanted!r}; valid: {', '.join(entries)}")
+    device = train.resolve_device(overrides.get("device", "auto"))
+    # One thread by default on CPU: batches of 64 are too small for intra-op parallelism to pay,
+    # and on a busy machine two threads can wait on each other for far longer than they save.
+    threads = overrides.get("threads", 1 if device.type == "cpu" else None)
+    results_dir = Path(overrides.get("results_dir", "results"))
+    chosen = [entries[wanted]] if wanted else list(entries.values())
+    rows = reproduce.reproduce(chosen, overrides.get("n_seeds", 3), device, results_dir,
+                               overrides.get("save", False), console, threads)
+    console.print(leaderboard.rich_table(
+        leaderboard.summarize(rows, {e.id: e for e in chosen})))
+    console.print(f"results: {results_dir}/leaderboard.parquet (make leaderboard shows all "
+                  f"entries and writes {results_dir}/leaderboard.md)")
+
+
+def cmd_promote(args: argparse.Namespace, console: Console) -> None:
+    overrides = parse_overrides(args.settings, PROMOTE_KEYS)
+    name = overrides.get("name")
+    valid = ", ".join(study_names()) or "(none)"
+    if not name:
+        raise UsageError(f"no study named; give NAME=..., one of: {valid}")
+    if name not in study_names():
+        raise UsageError(f"unknown study {name!r}; valid: {valid}")
+    entry = promote.promote(name, Path(overrides.get("results_dir", "results")))
+    console.print(f"promoted {entry.id} ({entry.source}) to entries/{entry.id}.json; "
+                  f"commit it, then: make reproduce ENTRY={entry.id}")
+
+
+def cmd_leaderboard(args: argparse.Namespace, console: Console) -> None:
+    results_dir = Path(parse_overrides(args.settings, LEADERBOARD_KEYS).get("results_dir",
+                                                                            "results"))
+    entries = leaderboard.all_entries()
+    rows = reproduce.read_rows(results_dir)
+    summary = leaderboard.summarize(rows, entries)
+    console.print(leaderboard.rich_table(summary))
+    leaderboard.write_markdown(results_dir / "leaderboard.md",
+                               leaderboard.markdown(summary, rows, entries))
+    console.print(f"written: {results_dir}/leaderboard.md")
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> None:
+    o = parse_overrides(args.settings, BENCH_KEYS)
+    if o.get("quick") and "epochs" in o:
+        raise UsageError("QUICK=1 means EPOCHS=1; give one of them")
+    cfg = speed.Config(device=o.get("device", "auto"),
+                       epochs=1 if o.get("quick") else o.get("epochs", BENCH_EPOCHS),
+                       models=o.get("models", tuple(speed.CASES)),
+                       rows=o.get("rows", speed.ROWS), seed=o.get("seed", 0),
+                       results_dir=Path(o.get("results_dir", "results")))
+    device = train.resolve_device(cfg.device)  # a bad DEVICE stops here, before any data
+    console.print(f"bench: {', '.join(cfg.models)} on {device.type}, {cfg.epochs} epoch(s), "
+                  f"rows {', '.join(cfg.rows)}; one process per row")
+    path = speed.run(cfg, console)
+    console.print(f"results: {path}")
+
+
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
     table = Table(title="registered models")
     for col in ("name", "family", "space", "description"):
@@ -194,6 +297,7 @@ def cmd_list(args: argparse.Namespace, console: Console) -> None:
     console.print(table)
     console.print("optimizers: " + ", ".join(sorted(optim.OPTIMIZERS)))
     console.print("schedules:  " + ", ".join(sorted(optim.SCHEDULES)))
+    console.print("leaderboard entries: " + ", ".join(leaderboard.all_entries()))
     for name in study_names():
         question = " ".join(load_study(name).question.split("\n\n")[0].split())
         console.print(f"study {name}: {question}")
@@ -216,13 +320,27 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                        help=f"settings: {', '.join(keys)}")
         p.set_defaults(func=func)
+    p = sub.add_parser("bench", help="seconds per epoch: the tutorial pipeline vs the harness")
+    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                   help=f"overrides: {', '.join(BENCH_KEYS)}")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("list", help="registered models, optimizers, schedules and studies")
     p.set_defaults(func=cmd_list)
+    for name, keys, func, text in (
+            ("reproduce", REPRODUCE_KEYS, cmd_reproduce, "re-run leaderboard entries over seeds"),
+            ("promote", PROMOTE_KEYS, cmd_promote, "make a study's best finalist an entry"),
+            ("leaderboard", LEADERBOARD_KEYS, cmd_leaderboard,
+             "print the leaderboard and write results/leaderboard.md")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                       help=f"settings: {', '.join(keys)}")
+        p.set_defaults(func=func)
     args = parser.parse_args(argv)
     if getattr(args, "name", None) and "=" in args.name:
         args.settings.insert(0, args.name)
         args.name = None
     console = Console(width=None if sys.stdout.isatty() else 120)
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"  # one line each
     try:
         args.func(args, console)
     except (UsageError, DataError, SpaceError, ValueError) as exc:

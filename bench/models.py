@@ -101,6 +101,12 @@ def mlp_64_32_softmax() -> nn.Module:
     return nn.Sequential(_mlp([64, 32]), nn.Softmax(dim=1))
 
 
+@register_model("mlp-64-32", "mlp")
+def mlp_64_32() -> nn.Module:
+    """784-64-ReLU-32-ReLU-10 logits: mlp-64-32-softmax without its softmax (the fixed variant)."""
+    return _mlp([64, 32])
+
+
 class _LogSoftmax(nn.Module):
     def forward(self, x):
         return x.log_softmax(dim=1)

@@ -3,12 +3,15 @@
 An optimizer entry builds `torch.optim` from (params, lr, weight_decay, **knobs) and samples its
 own knobs from a trial; a schedule entry builds a `torch.optim.lr_scheduler` from the total
 number of steps and the steps in one epoch, so every schedule is stepped once per batch.
+Each optimizer entry also names the constructor flags that let its CUDA `step()` be captured in
+a CUDA graph with the learning rate held in a device tensor (`graph_safe=True`): `capturable`
+where torch offers it, the fused kernel for SGD, whose other kernels read a tensor lr on the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -21,17 +24,18 @@ class Entry:
     name: str
     build: Callable[..., Any]
     space: Callable[..., dict[str, Any]]
+    graph_flags: dict[str, Any] = field(default_factory=dict)
 
 
 OPTIMIZERS: dict[str, Entry] = {}
 SCHEDULES: dict[str, Entry] = {}
 
 
-def _register(table: dict[str, Entry], kind: str, name: str, space=None):
+def _register(table: dict[str, Entry], kind: str, name: str, space=None, graph_flags=None):
     def wrap(build):
         if name in table:
             raise ValueError(f"{kind} {name!r} is already registered")
-        table[name] = Entry(name, build, space or (lambda trial: {}))
+        table[name] = Entry(name, build, space or (lambda trial: {}), graph_flags or {})
         return build
 
     return wrap
@@ -44,8 +48,18 @@ def _get(table: dict[str, Entry], kind: str, name: str) -> Entry:
 
 
 def create_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
-                     weight_decay: float = 0.0, **knobs: Any) -> torch.optim.Optimizer:
-    return _get(OPTIMIZERS, "optimizer", name).build(params, lr, weight_decay, **knobs)
+                     weight_decay: float = 0.0, graph_safe: bool = False,
+                     **knobs: Any) -> torch.optim.Optimizer:
+    """`graph_safe` adds the entry's capture flags when the parameters live on CUDA.
+
+    The lr stays a float here, so schedules compute in plain Python; `bench.fast` swaps it for a
+    device tensor just before capture.
+    """
+    entry = _get(OPTIMIZERS, "optimizer", name)
+    params = list(params)
+    if graph_safe and params and params[0].is_cuda:
+        knobs = {**knobs, **entry.graph_flags}
+    return entry.build(params, lr, weight_decay, **knobs)
 
 
 def create_schedule(name: str, optimizer: torch.optim.Optimizer, total_steps: int,
@@ -70,10 +84,10 @@ def _sgd_space(trial, momentum=(0.0, 0.99), nesterov=(False, True)):
     return {"momentum": m, "nesterov": nest}
 
 
-@_register(OPTIMIZERS, "optimizer", "sgd", _sgd_space)
-def _sgd(params, lr, weight_decay, momentum=0.0, nesterov=False):
+@_register(OPTIMIZERS, "optimizer", "sgd", _sgd_space, graph_flags={"fused": True})
+def _sgd(params, lr, weight_decay, momentum=0.0, nesterov=False, **flags):
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
-                           weight_decay=weight_decay)
+                           weight_decay=weight_decay, **flags)
 
 
 def _beta1_space(prefix):
@@ -83,14 +97,19 @@ def _beta1_space(prefix):
     return space
 
 
-@_register(OPTIMIZERS, "optimizer", "adam", _beta1_space("adam"))
-def _adam(params, lr, weight_decay, beta1=0.9):
-    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay)
+CAPTURABLE = {"capturable": True}
 
 
-@_register(OPTIMIZERS, "optimizer", "adamw", _beta1_space("adamw"))
-def _adamw(params, lr, weight_decay, beta1=0.9):
-    return torch.optim.AdamW(params, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay)
+@_register(OPTIMIZERS, "optimizer", "adam", _beta1_space("adam"), CAPTURABLE)
+def _adam(params, lr, weight_decay, beta1=0.9, **flags):
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay,
+                            **flags)
+
+
+@_register(OPTIMIZERS, "optimizer", "adamw", _beta1_space("adamw"), CAPTURABLE)
+def _adamw(params, lr, weight_decay, beta1=0.9, **flags):
+    return torch.optim.AdamW(params, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay,
+                             **flags)
 
 
 def _rmsprop_space(trial, alpha=(0.9, 0.999), momentum=(0.0, 0.9)):
@@ -98,10 +117,10 @@ def _rmsprop_space(trial, alpha=(0.9, 0.999), momentum=(0.0, 0.9)):
             "momentum": trial.suggest_float("rmsprop.momentum", *momentum)}
 
 
-@_register(OPTIMIZERS, "optimizer", "rmsprop", _rmsprop_space)
-def _rmsprop(params, lr, weight_decay, alpha=0.99, momentum=0.0):
+@_register(OPTIMIZERS, "optimizer", "rmsprop", _rmsprop_space, CAPTURABLE)
+def _rmsprop(params, lr, weight_decay, alpha=0.99, momentum=0.0, **flags):
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, momentum=momentum,
-                               weight_decay=weight_decay)
+                               weight_decay=weight_decay, **flags)
 
 
 # --- schedules (stepped once per batch) ----------------------------------------
@@ -121,6 +140,18 @@ def _step_space(trial, every=(1, 5), gamma=(0.1, 0.5)):
 def _step(opt, total_steps, epoch_steps, every=1, gamma=0.5):
     """Multiply the lr by `gamma` every `every` epochs."""
     return lr_scheduler.StepLR(opt, step_size=every * epoch_steps, gamma=gamma)
+
+
+@_register(SCHEDULES, "schedule", "multistep")
+def _multistep(opt, total_steps, epoch_steps, at=(), gamma=0.1):
+    """Multiply the lr by `gamma` at the start of each epoch listed in `at` (counted from 0).
+
+    Epoch 0 in `at` lowers the lr before the first step, as a recipe whose loop decays the lr at
+    the top of every fifth epoch does; the effective lr of epoch e is lr * gamma**#{a <= e}.
+    """
+    milestones = sorted(at)
+    return lr_scheduler.LambdaLR(
+        opt, lambda step: gamma ** sum(step // epoch_steps >= a for a in milestones))
 
 
 @_register(SCHEDULES, "schedule", "cosine")

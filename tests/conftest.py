@@ -142,3 +142,12 @@ def study_file(tmp_path, monkeypatch):
         (folder / f"{name}.py").write_text(text)
 
     return write
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, and on a busy machine far faster; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,8 +8,9 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import torch
 
-from bench import cli, storage
+from bench import cli, leaderboard, storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,12 +52,28 @@ def bench(*args, cwd=ROOT):
      "folder)"),
     (["worker", "mlp_vs_cnn", "TRIALS=5"],
      "error: unknown setting 'TRIALS'; valid: NAME, STORAGE, WORKERS, SMOKE, RESULTS_DIR"),
+    (["finalize", "mlp_vs_cnn", "K=0"], "error: K='0' is not valid: expected a positive integer"),
+    (["finalize", "mlp_vs_cnn", "TRIALS=3"],
+     "error: unknown setting 'TRIALS'; valid: NAME, K, SEEDS, DEVICE, REFRESH, SMOKE, "
+     "RESULTS_DIR"),
+    (["finalize", "nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["report", "mlp_vs_cnn", "SEEDS=3"],
+     "error: unknown setting 'SEEDS'; valid: NAME, SMOKE, RESULTS_DIR"),
 ])
 def test_bad_input_is_one_line_and_nonzero_and_writes_nothing(args, message, tmp_path):
     proc = bench(*args, f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == message
     assert not (tmp_path / "r").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("command", ["finalize", "report"])
+def test_finalize_and_report_need_a_study_first(command, tmp_path):
+    proc = bench(command, "mlp_vs_cnn", f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: no study results in {tmp_path / 'r' / 'mlp_vs_cnn'}; "
+                                   "run `make study NAME=mlp_vs_cnn` first")
+    assert not (tmp_path / "r").exists()
 
 
 def test_make_hands_its_variables_to_the_cli(tmp_path):
@@ -224,3 +241,54 @@ def test_a_study_whose_trials_mostly_fail_exits_1_with_one_line(
     assert err.startswith("error: 5 of the 5 trials run so far failed (nonfinite 5); stopped ")
     assert err.count("\n") == 1
     assert len(pd.read_parquet(tmp_path / "r" / "diverging" / "trials.parquet")) == 5
+
+
+ENTRY_IDS = ", ".join(leaderboard.all_entries())  # the recipes, then promoted entries
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["reproduce", "ENTRY=nope"], f"error: unknown entry 'nope'; valid: {ENTRY_IDS}"),
+    (["reproduce", "SEED=1"], "error: unknown setting 'SEED'; valid: ENTRY, N_SEEDS, DEVICE, "
+                              "SAVE, THREADS, RESULTS_DIR"),
+    (["reproduce", "N_SEEDS=0"], "error: N_SEEDS='0' is not valid: expected a positive integer"),
+    (["reproduce", "SAVE=yes"], "error: SAVE='yes' is not valid: expected 0 or 1"),
+    (["reproduce", "DEVICE=tpu"],
+     "error: DEVICE='tpu' is not valid: expected auto or cpu or cuda"),
+    (["reproduce", "THREADS=two"],
+     "error: THREADS='two' is not valid: expected a positive integer"),
+    (["promote"], "error: no study named; give NAME=..., one of: mlp_vs_cnn"),
+    (["promote", "NAME=nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["promote", "NAME=mlp_vs_cnn"], "error: no finalists at {r}/mlp_vs_cnn/finalists.parquet; "
+                                     "run make finalize NAME=mlp_vs_cnn first"),
+    (["leaderboard"], "error: no leaderboard results at {r}/leaderboard.parquet; "
+                      "run make reproduce first"),
+    (["leaderboard", "ENTRY=x"], "error: unknown setting 'ENTRY'; valid: RESULTS_DIR"),
+])
+def test_leaderboard_commands_reject_bad_input_and_write_nothing(args, message, tmp_path,
+                                                                capsys):
+    results = tmp_path / "r"
+    entries = sorted((ROOT / "entries").glob("*"))
+    assert cli.main([*args, f"RESULTS_DIR={results}"]) == 2  # in-process: no torch start-up
+    assert capsys.readouterr().err.strip() == message.format(r=results)
+    assert not results.exists() and sorted((ROOT / "entries").glob("*")) == entries
+
+
+def test_make_reproduce_hands_its_variables_to_the_cli(tmp_path):
+    proc = subprocess.run(["make", "-s", "reproduce", "N_SEED=1", f"RESULTS_DIR={tmp_path}",
+                           f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV)
+    assert proc.returncode != 0
+    assert "error: unknown setting 'N_SEED'" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_reproduce_then_leaderboard_in_process(tiny_mnist, tmp_path, one_thread, capsys):
+    settings = [f"RESULTS_DIR={tmp_path}"]
+    assert cli.main(["reproduce", "ENTRY=cnn-conv32-adam", "N_SEEDS=1", "DEVICE=cpu",
+                     *settings]) == 0
+    assert torch.get_num_threads() == 1  # the CPU default (one_thread restores it)
+    assert cli.main(["leaderboard", *settings]) == 0
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "| cnn-conv32-adam | test (accuracy) |" in md and "| 1 | [97.5%, 98.5%) |" in md
+    assert "| mlp-400-200-100-sgd |  |  | 0 | 97.70% | not run |  |" in md
+    assert "cnn-conv32-adam seed 0:" in capsys.readouterr().out

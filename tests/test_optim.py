@@ -58,3 +58,29 @@ def test_unknown_names_list_choices():
         optim.create_optimizer("lion", _model().parameters(), lr=0.1)
     with pytest.raises(KeyError, match="unknown schedule 'warm'; valid: constant, cosine"):
         optim.create_schedule("warm", None, 1, 1)
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_graph_safe_changes_nothing_off_cuda(name):
+    plain = optim.create_optimizer(name, _model().parameters(), lr=0.1)
+    safe = optim.create_optimizer(name, _model().parameters(), lr=0.1, graph_safe=True)
+    assert safe.defaults == plain.defaults
+    assert optim.OPTIMIZERS[name].graph_flags  # but every optimizer knows how to be captured
+
+
+def test_multistep_decays_at_the_start_of_listed_epochs():
+    def lr_per_epoch(at):
+        opt = optim.create_optimizer("sgd", _model().parameters(), lr=0.01)
+        sched = optim.create_schedule("multistep", opt, total_steps=20, epoch_steps=5, at=at)
+        out = []
+        for step in range(20):
+            if step % 5 == 0:
+                out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    # epoch 0 in `at` lowers the lr before the first step
+    assert lr_per_epoch((0, 2)) == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    assert lr_per_epoch((2,)) == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])
+    assert lr_per_epoch(()) == pytest.approx([1e-2] * 4)

@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 
 import pytest
@@ -76,3 +77,59 @@ def test_fit_on_cuda_matches_cpu_quality(tiny_split):
     model, opt, sched = train.build(RECIPE, len(split.x_train), cuda)
     history = train.fit(model, opt, sched, split, RECIPE.batch_size, RECIPE.epochs, 0)
     assert history[-1]["val_acc"] > 0.9
+
+
+def test_fast_build_makes_conv_weights_channels_last_on_cpu_only_for_conv_nets():
+    cpu = torch.device("cpu")
+    conv = train.Recipe(arch="cnn-conv32", lr=1e-3, batch_size=64, epochs=1)
+    assert train.build(conv, 100, cpu)[0][0].weight.stride() == (9, 1, 3, 1)  # channels-last
+    assert train.build(conv, 100, cpu, fast=False)[0][0].weight.stride() == (9, 9, 3, 1)
+    mlp = train.build(RECIPE, 100, cpu)[0]
+    assert all(p.is_contiguous() for p in mlp.parameters())
+
+
+def test_evaluate_is_the_same_whatever_the_batch(tiny_split):
+    train.seed_everything(0)
+    model = train.build(RECIPE, len(tiny_split.x_train), torch.device("cpu"))[0]
+    loss, acc = train.evaluate(model, tiny_split.x_val, tiny_split.y_val)  # CPU default: 128
+    loss_all, acc_all = train.evaluate(model, tiny_split.x_val, tiny_split.y_val, batch_size=200)
+    assert acc == acc_all and loss == pytest.approx(loss_all, rel=1e-6)
+
+
+def test_unshuffled_fit_takes_batches_in_stored_order(tiny_split):
+    recipe = replace(RECIPE, epochs=2, batch_size=100)
+
+    def run(shuffle):
+        seen = []
+
+        def loss_fn(out, y):
+            seen.append(y.clone())
+            return torch.nn.functional.cross_entropy(out, y)
+
+        train.seed_everything(0)
+        model, opt, sched = train.build(recipe, len(tiny_split.x_train), torch.device("cpu"))
+        train.fit(model, opt, sched, tiny_split, 100, 2, 0, shuffle=shuffle, loss_fn=loss_fn)
+        return torch.cat(seen)
+
+    stored = tiny_split.y_train
+    assert torch.equal(run(False), torch.cat([stored, stored]))  # both epochs in file order
+    shuffled = run(True)
+    assert not torch.equal(shuffled[:400], stored)
+    assert torch.equal(shuffled[:400].sort().values, stored.sort().values)  # same images
+
+
+def test_batch_mean_weighs_each_batch_equally():
+    # Three images, batches of two: the first batch is right twice, the short last batch wrong.
+    model = torch.nn.Flatten()
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]).view(3, 2)
+    y = torch.tensor([0, 1, 1])
+    assert train.evaluate(model, x, y, batch_size=2)[1] == pytest.approx(2 / 3)
+    assert train.evaluate(model, x, y, batch_size=2, batch_mean=True)[1] == pytest.approx(0.5)
+    assert train.evaluate(model, x, y, batch_size=3, batch_mean=True)[1] == pytest.approx(2 / 3)
+
+
+def test_fit_without_validation_images_skips_validation(tiny_split):
+    split = replace(tiny_split, x_val=tiny_split.x_val[:0], y_val=tiny_split.y_val[:0])
+    history = _fit(split, replace(RECIPE, epochs=1))
+    assert math.isnan(history[0]["val_acc"]) and math.isnan(history[0]["val_loss"])
+    assert math.isfinite(history[0]["train_loss"])

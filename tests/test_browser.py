@@ -1,0 +1,62 @@
+"""The report opens in a real headless browser with no JS errors and every plot drawn.
+
+Uses Debian's chromium and chromium-driver (`.ci/run` installs them); nothing downloads a browser.
+"""
+
+import os
+import shutil
+
+import pytest
+from test_report import _epochs, _finalists, _trials
+
+from bench import report
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and chromedriver):
+        message = "needs Debian's chromium and chromium-driver (apt-get install ...)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI {message}; .ci/run installs them")
+        pytest.skip(message)
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not fetch anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1300,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=chromedriver),
+                              options=options)
+    yield driver
+    driver.quit()
+
+
+def test_report_loads_without_js_errors_and_draws_every_plot(browser, tmp_path):
+    trials = _trials()
+    trials["recipe"] = None
+    trials.to_parquet(tmp_path / "trials.parquet")
+    _epochs(trials).to_parquet(tmp_path / "epochs.parquet")
+    finalists, predictions = _finalists()
+    finalists.to_parquet(tmp_path / "finalists.parquet")
+    predictions.to_parquet(tmp_path / "test_predictions.parquet")
+    page = report.build(tmp_path, "browser")
+    expected = page.read_text().count("Plotly.newPlot")
+    assert expected == 4  # history, curves, cost, confusion
+
+    browser.get(page.as_uri())
+    WebDriverWait(browser, 30).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= expected)
+    plots = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+    assert len(plots) == expected
+    for plot in plots:  # drawn: an SVG with at least one trace layer holding marks
+        assert plot.find_elements(By.CSS_SELECTOR, ".main-svg")
+        assert plot.find_elements(By.CSS_SELECTOR, ".trace, .hm, image, path.point")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    assert browser.title == "mnist-bench · browser"

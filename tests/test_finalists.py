@@ -1,0 +1,85 @@
+"""finalize: only the validation-chosen finalists are retrained and scored; every read logged."""
+
+import json
+
+import pandas as pd
+from rich.console import Console
+from test_study import STUDY, _run
+
+from bench import data, finalists, report, train
+
+QUIET = Console(quiet=True)
+
+
+def _spy(monkeypatch, module, name, calls):
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append((args, result))
+        return result
+
+    monkeypatch.setattr(module, name, spy)
+
+
+def test_finalize_scores_only_finalists_logs_each_read_and_reuses_scores(
+        tiny_mnist, tmp_path, monkeypatch):
+    trials, _, out = _run(tmp_path)
+    loads, builds, predictions = [], [], []
+    _spy(monkeypatch, data, "load_test", loads)
+    _spy(monkeypatch, train, "build", builds)
+    _spy(monkeypatch, train, "predict", predictions)
+
+    result = finalists.finalize(STUDY, out, train.resolve_device("cpu"), k=1, seeds=2,
+                                refresh=False, console=QUIET)
+
+    done = trials[trials["state"] == "COMPLETE"]
+    expected = done.loc[done.groupby("family")["value"].idxmax(), ["family", "number"]]
+    assert len(result) == 2 * 2 and set(result["rank"]) == {1}
+    assert (set(map(tuple, result[["family", "number"]].drop_duplicates().to_numpy()))
+            == set(map(tuple, expected.to_numpy())))
+    # Only finalists were trained, each once per seed, and only they were scored on test.
+    assert sorted(json.dumps(args[0].to_dict(), sort_keys=True) for args, _ in builds) == sorted(
+        result["recipe"])
+    assert len(loads) == 1
+    test_labels = loads[0][1].labels.data_ptr()
+    on_test = [args for args, _ in predictions if args[2].data_ptr() == test_labels]
+    finalist_models = [model for _, (model, _, _) in builds]
+    assert len(on_test) == len(result)
+    assert all(any(args[0] is m for m in finalist_models) for args in on_test)
+    assert result["test_acc"].between(0, 1).all() and result["seed"].nunique() == 4
+    log = [json.loads(line) for line in (out / "test_access.jsonl").read_text().splitlines()]
+    assert len(log) == 1 + len(result)
+    assert all(e["code"] == finalists.CODE for e in log)
+    scored = [(e["config"]["number"], e["seed"]) for e in log[1:]]
+    assert sorted(scored) == sorted(zip(result["number"], result["seed"], strict=True))
+    preds = pd.read_parquet(out / "test_predictions.parquet")
+    assert len(preds) == len(result) * 200  # the tiny test split has 200 images
+    per_run = preds.assign(ok=preds["label"] == preds["pred"]).groupby("seed")["ok"].mean()
+    assert per_run.to_dict() == result.set_index("seed")["test_acc"].to_dict()
+
+    again = finalists.finalize(STUDY, out, train.resolve_device("cpu"), k=1, seeds=2,
+                               refresh=False, console=QUIET)
+    assert len(loads) == 1 and len((out / "test_access.jsonl").read_text().splitlines()) == 5
+    pd.testing.assert_frame_equal(again, result)
+
+    finalists.finalize(STUDY, out, train.resolve_device("cpu"), k=1, seeds=2, refresh=True,
+                       console=QUIET)
+    assert len(loads) == 2 and len((out / "test_access.jsonl").read_text().splitlines()) == 10
+
+    page = report.build(out, "t").read_text()
+    assert "Finalists on the held-out test set" in page and "No test numbers yet" not in page
+    assert "paired bootstrap" in page and "test confusion" in page
+    assert page.count("bench.finalists") == 10  # the access log, one row per read
+
+
+def test_select_ranks_on_validation_only():
+    trials = pd.DataFrame({
+        "family": ["a", "a", "a", "b"], "number": [0, 1, 2, 0],
+        "state": ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"],
+        "value": [0.90, 0.95, None, 0.80], "params_count": [1, 1, 1, 1],
+        "recipe": ["{}"] * 4, "test_acc": [0.99, 0.10, 0.99, 0.5],  # must be ignored
+    })
+    chosen = finalists.select(trials, k=2)
+    assert chosen[["family", "number", "rank"]].values.tolist() == [
+        ["a", 1, 1], ["a", 0, 2], ["b", 0, 1]]

@@ -1,0 +1,33 @@
+import platform
+
+import torch
+
+from bench import host
+
+
+def test_tune_sets_threads_and_reports_what_it_set(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert host.tune(threads=False, malloc=False) == {"threads": before, "malloc_keep": False}
+        settings = host.tune()
+        assert settings["threads"] == torch.get_num_threads() == host.default_threads()
+        assert settings["malloc_keep"] is (platform.libc_ver()[0] == "glibc")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_core_is_left_to_everything_else(monkeypatch):
+    for cores, threads in ((1, 1), (2, 1), (16, 15), (None, 1)):
+        monkeypatch.setattr(host.os, "cpu_count", lambda cores=cores: cores)
+        assert host.default_threads() == threads
+
+
+def test_an_explicit_omp_num_threads_wins(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    try:
+        torch.set_num_threads(2)
+        assert host.tune()["threads"] == 2
+    finally:
+        torch.set_num_threads(before)

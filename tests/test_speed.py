@@ -1,0 +1,109 @@
+"""`make bench`: the tutorial pipeline's data, one row per pipeline, the table and the store."""
+
+import gzip
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import cli, data, host, speed
+
+
+@pytest.fixture
+def keep_threads(monkeypatch):
+    """Rows tune this process (threads, allocator); give the other tests torch's threads back."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tutorial_root_holds_the_training_files_byte_for_byte(tiny_mnist, tmp_path):
+    raw = data.load_train()
+    root = speed.tutorial_root(raw, tmp_path / "tv")
+    files = sorted(p.name for p in (root / "MNIST" / "raw").iterdir())
+    assert files == sorted(data.TRAIN_FILES)  # never the test files
+    for name in data.TRAIN_FILES:
+        original = gzip.decompress((tiny_mnist / f"{name}.gz").read_bytes())
+        assert (root / "MNIST" / "raw" / name).read_bytes() == original
+    (root / "MNIST" / "raw" / data.TRAIN_FILES[1]).write_bytes(b"stale")
+    speed.tutorial_root(raw, tmp_path / "tv")  # a stale copy is rewritten
+    assert hashlib.md5((root / "MNIST" / "raw" / data.TRAIN_FILES[1]).read_bytes()).hexdigest() \
+        == raw.md5[data.TRAIN_FILES[1]]
+
+
+@pytest.mark.parametrize("model", list(speed.CASES))
+def test_every_pipeline_trains_the_same_split_to_comparable_accuracy(tiny_mnist, tmp_path,
+                                                                     keep_threads, model):
+    raw = data.load_train()
+    root = speed.tutorial_root(raw, tmp_path / "tv")
+    rows = {p: speed.run_row({"model": model, "pipeline": p, "device": "cpu", "epochs": 2,
+                              "seed": 0, "root": str(root), "md5": raw.md5})
+            for p in speed.ROWS}
+    assert {r["split_hash"] for r in rows.values()} == {rows["fast"]["split_hash"]}
+    for r in rows.values():
+        assert r["final_val_acc"] > 0.9, r  # the synthetic classes are easy
+        assert r["seconds_per_epoch"] > 0 and len(json.loads(r["epoch_seconds"])) == 2
+        assert r["cuda_graph"] is False and r["device"].startswith("cpu")
+    assert rows["fast"]["threads"] == rows["tutorial"]["threads"] == host.default_threads()
+    assert rows["fast"]["channels_last"] == (model == "cnn-conv32")
+    assert not rows["plain"]["channels_last"] and not rows["plain"]["malloc_keep"]
+
+
+def test_frame_and_table_put_each_row_against_its_models_tutorial():
+    rows = [{"model": m, "pipeline": p, "seconds_per_epoch": s, "final_val_acc": 0.97,
+             "cuda_graph": False, "device": "cpu: test", "epochs": 3, "batch_size": 64}
+            for m, p, s in [("a", "tutorial", 10.0), ("a", "fast", 2.0), ("b", "tutorial", 3.0),
+                            ("b", "plain", 6.0)]]
+    df = speed.frame(rows)
+    assert df["speedup"].tolist() == [1.0, 5.0, 1.0, 0.5]
+    table = speed.table(df)
+    assert [c.header for c in table.columns] == ["model", "pipeline", "s/epoch", "val acc",
+                                                 "vs tutorial"]
+    assert list(table.columns[4].cells) == ["1.0x", "5.0x", "1.0x", "0.5x"]
+
+
+def test_bench_command_writes_one_row_per_model_and_pipeline(tiny_mnist, tmp_path, monkeypatch,
+                                                             capsys):
+    monkeypatch.chdir(tmp_path)  # .data/tutorial goes here
+    assert cli.main(["bench", "QUICK=1", "MODELS=mlp-400-200-100", "DEVICE=cpu",
+                     f"RESULTS_DIR={tmp_path / 'r'}"]) == 0
+    (path,) = (tmp_path / "r" / "bench").glob("*-cpu.parquet")
+    df = pd.read_parquet(path)
+    assert df[["model", "pipeline"]].values.tolist() == [
+        ["mlp-400-200-100", p] for p in speed.ROWS]
+    assert {"git_sha", "versions", "device", "threads", "data_md5", "load_before"} <= set(df)
+    out = capsys.readouterr().out
+    assert "vs tutorial" in out and "results: " in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["EPOCH=3"], "error: unknown setting 'EPOCH'; valid: DEVICE, EPOCHS, QUICK, MODELS, ROWS, "
+                  "SEED, RESULTS_DIR"),
+    (["ROWS=tutorial,turbo"], "error: ROWS='tutorial,turbo' is not valid: expected a "
+                              "comma-separated list of tutorial, plain, fast, fast-nchw, "
+                              "fast-torch-threads, fast-glibc-malloc"),
+    (["EPOCHS=0"], "error: EPOCHS='0' is not valid: expected a positive integer"),
+    (["QUICK=yes"], "error: QUICK='yes' is not valid: expected 0 or 1"),
+    (["QUICK=1", "EPOCHS=2"], "error: QUICK=1 means EPOCHS=1; give one of them"),
+    (["MODELS=mlp,cnn-conv32"], "error: MODELS='mlp,cnn-conv32' is not valid: expected a "
+                                "comma-separated list of mlp-400-200-100, cnn-conv32"),
+    (["DEVICE=tpu"], "error: DEVICE='tpu' is not valid: expected auto or cpu or cuda"),
+])
+def test_bad_bench_settings_are_one_line_and_write_nothing(args, message, tmp_path, monkeypatch,
+                                                           capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", *args, f"RESULTS_DIR={tmp_path / 'r'}"]) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_bench_on_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "DEVICE=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "error: device 'cuda' requested but torch sees no CUDA device" in err
+    assert not any(tmp_path.iterdir())
