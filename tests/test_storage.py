@@ -173,16 +173,20 @@ def test_two_workers_on_postgresql_one_killed_nothing_lost(tiny_cli, postgres):
     second = subprocess.Popen(tiny_cli.cmd("worker", "tiny", f"STORAGE={postgres}"),
                               env=tiny_cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
-    victim = None
-    while victim is None and second.poll() is None:  # the second worker is mid-trial
+    def running_of_second(epochs: int | None = None) -> list[tuple[str, int]]:
+        return [(s.study_name, t.number) for s in db.get_all_studies()
+                for t in db.get_all_trials(s._study_id, deepcopy=False)
+                if t.state == TrialState.RUNNING and t.user_attrs.get("pid") == second.pid
+                and (epochs is None or len(t.intermediate_values) == epochs)]
+
+    while second.poll() is None and not running_of_second(epochs=1):  # 1 of its 3 epochs done
         time.sleep(0.02)
-        victim = next(((s.study_name, t.number) for s in db.get_all_studies()
-                       for t in db.get_all_trials(s._study_id, deepcopy=False)
-                       if t.state == TrialState.RUNNING and t.intermediate_values
-                       and t.user_attrs.get("pid") == second.pid), None)
     second.kill()
     _, second_err = second.communicate()
-    assert victim is not None, second_err
+    # The victim is what the kill left RUNNING (the other process fails it only after 3 s).
+    victims = running_of_second()
+    assert len(victims) == 1, second_err
+    victim = victims[0]
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     trials = {(s.study_name, t.number): t for s in db.get_all_studies()
