@@ -321,10 +321,11 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     mine: list[str] = []  # how this process's trials ended
     ended: list[optuna.trial.FrozenTrial] = []  # the trial optimize() just ran
 
-    def tally(family: str) -> tuple[int, int]:
-        """(trials that used up budget, trials running now) of a family, from the storage."""
+    def tally(family: str) -> tuple[int, int, int]:
+        """(trials that used up budget, running now, queued retries) of a family, from storage."""
         trials = subs[family].get_trials(deepcopy=False)
-        return sum(map(counts, trials)), sum(t.state == TrialState.RUNNING for t in trials)
+        return (sum(map(counts, trials)), sum(t.state == TrialState.RUNNING for t in trials),
+                sum(t.state == TrialState.WAITING for t in trials))
 
     def save() -> None:
         with storage.store_lock(out):  # a snapshot of the whole storage, newest last
@@ -363,21 +364,24 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
                     storage.fail_dead(sub, db)
                 now = {f: tally(f) for f in families}
                 progress.update(trial_task, completed=sum(n[0] for n in now.values()) - before)
-                left = [f for f in families if now[f][0] < quota
+                # A queued retry (the configuration of a trial whose process died) is run even
+                # when the quota is reached, so no configuration is dropped.
+                left = [f for f in families if (now[f][0] < quota or now[f][2])
                         and (budget is None or used[f] < budget)]
                 if not left:
                     break
                 # Running trials of other workers count as taken, so the study ends with at
-                # most WORKERS - 1 trials over its quota; a worker with nothing to start waits
-                # for them to finish, or to die and be queued again.
-                ready = [f for f in left if sum(now[f]) < quota]
+                # most WORKERS - 1 trials over its quota (plus the retries of dead workers'
+                # trials); a worker with nothing to start waits for them to finish, or to die
+                # and be queued again.
+                ready = [f for f in left if now[f][0] + now[f][1] < quota or now[f][2]]
                 if not ready:
                     if cfg.timeout and time.monotonic() - began > cfg.timeout:
                         break
                     time.sleep(POLL_S)
                     continue
                 family = min(ready, key=lambda f: max(
-                    sum(now[f]) / quota, used[f] / budget if budget else 0.0))
+                    (now[f][0] + now[f][1]) / quota, used[f] / budget if budget else 0.0))
                 deadline = time.monotonic() + budget - used[family] if budget else None
                 objective = _objective(family, study.families[family], space, split, device,
                                        cfg.seed, prov, deadline, progress, epoch_task,

@@ -118,13 +118,13 @@ def test_resuming_on_another_split_is_refused(tiny_mnist, tmp_path):
 
 
 def test_time_budget_is_split_between_families(tiny_mnist, tmp_path):
-    trials, _, _ = _run(tmp_path, trials=1000, timeout=4)
+    trials, _, _ = _run(tmp_path, trials=1000, timeout=6)
     counts = trials.groupby("family").size()
     assert set(counts.index) == {"mlp", "cnn"}
     assert (counts < 500).all()  # the clock, not the trial quota, ended the study
     seconds = trials.groupby("family")["wall_seconds"].sum()
-    # Each family stops once its 2 s are used (sampling overhead included, so training gets a
-    # little less); the families differ by at most about one trial.
+    # Each family stops once its 3 s are used (sampling and storage overhead included, so
+    # training gets less); the families differ by at most about one trial.
     assert (seconds >= 1).all()
     assert abs(seconds["mlp"] - seconds["cnn"]) <= trials["wall_seconds"].max() + 0.5
 
