@@ -196,7 +196,8 @@ def cmd_study(args: argparse.Namespace, console: Console) -> None:
     where = storage.masked(cfg.storage) if cfg.storage else f"{out}/optuna.journal"
     console.print(f"results: {out}/trials.parquet, {out}/epochs.parquet (Optuna storage: "
                   f"{where})", markup=False)
-    console.print(f"report (validation only): {page}", markup=False)
+    held_out = "" if (out / "finalists.parquet").is_file() else " (validation only)"
+    console.print(f"report{held_out}: {page}", markup=False)
 
 
 def cmd_worker(args: argparse.Namespace, console: Console) -> None:
