@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -73,18 +72,6 @@ def select(trials: pd.DataFrame, k: int) -> pd.DataFrame:
     return top.reset_index(drop=True)
 
 
-def run_seed(family: str, number: int, index: int, split_seed: int) -> int:
-    return zlib.crc32(f"final/{split_seed}/{family}/{number}/{index}".encode())
-
-
-def last_run(out: Path) -> dict:
-    """The study's most recent invocation record: split seed, smoke flag, provenance."""
-    path = out / "runs.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no study at {out} (missing runs.jsonl); run the study first")
-    return json.loads(path.read_text().splitlines()[-1])
-
-
 def finalize(definition: study.Study, out: Path, device: torch.device, k: int, seeds: int,
              refresh: bool, console: Console) -> pd.DataFrame:
     """Retrain and score the finalists of the study stored in `out`; returns finalists.parquet."""
@@ -97,7 +84,9 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
     chosen = select(trials, k)
     if chosen.empty:
         raise ValueError(f"no completed trial in {out}/trials.parquet; run the study first")
-    run = last_run(out)
+    run = store.last_study_run(out)
+    if not run:
+        raise FileNotFoundError(f"no study at {out} (missing runs.jsonl); run the study first")
     split_seed, smoke = run["config"]["seed"], run["config"]["smoke"]
     val_size = study.SMOKE_VAL if smoke else definition.val_size
     split = data.train_val(data.load_train(), val_size, split_seed, definition.normalization,
@@ -118,7 +107,7 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
     for r in chosen.itertuples():
         recipe = train.Recipe(**json.loads(r.recipe))
         for i in range(seeds):
-            seed = run_seed(r.family, r.number, i, split_seed)
+            seed = study.derive_seed("final", split_seed, r.family, r.number, i)
             train.seed_everything(seed)
             model, opt, sched = train.build(recipe, len(split.x_train), device)
             console.print(f"retraining {r.family} rank {r.rank} (trial {r.number}, {r.arch}) "

@@ -249,12 +249,6 @@ def _table(df: pd.DataFrame) -> str:
                       border=0, classes="t")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _optional(out: Path, table: str) -> pd.DataFrame | None:
     path = out / f"{table}.parquet"
     return pd.read_parquet(path) if path.is_file() else None
@@ -349,9 +343,8 @@ def build(out: Path, name: str) -> Path:
     """Write `out`/report.html from the store in `out`; returns its path."""
     trials, epochs = store.read(out, "trials"), store.read(out, "epochs")
     importances = _optional(out, "importances")
-    runs = _read_jsonl(out / "runs.jsonl")
-    run = next((r for r in reversed(runs) if r.get("role") != "worker"), {})  # the study's
-    access = _read_jsonl(out / "test_access.jsonl")
+    run = store.last_study_run(out)
+    access = store.read_jsonl(out / "test_access.jsonl")
     test_parts, verdict = test_section(out, name)
     answer = [comparison(trials), verdict]
     done = trials[trials["state"] == "COMPLETE"]

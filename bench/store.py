@@ -113,6 +113,20 @@ def log_test_access(out: Path, code: str, why: str, config: dict | None = None,
         os.fsync(fh.fileno())
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """Every record of a JSON-lines log (runs.jsonl, test_access.jsonl); none when it is absent."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last_study_run(out: Path) -> dict:
+    """The study's most recent invocation record in runs.jsonl (workers add lines of their own):
+    its config (split seed, smoke flag), search space, question and provenance; {} when none."""
+    return next((r for r in reversed(read_jsonl(out / "runs.jsonl"))
+                 if r.get("role") != "worker"), {})
+
+
 def read(out: Path, table: str) -> pd.DataFrame:
     """Read `trials`, `epochs` or `importances` of the study stored in `out`."""
     path = out / f"{table}.parquet"

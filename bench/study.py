@@ -132,7 +132,8 @@ def validate(study: Study, cfg: RunConfig) -> Space:
     return space
 
 
-def _seed(*parts: object) -> int:
+def derive_seed(*parts: object) -> int:
+    """A stable seed named by its parts (base seed, family, trial, ...): the same on every run."""
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
@@ -174,7 +175,7 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
                 trial.set_user_attr(k, v)
             recipe = space.sample(trial, archs)
             # A retry reruns the lost trial's seed, so it computes what that trial would have.
-            seed = trial.user_attrs.get("seed", _seed(base_seed, family, trial.number))
+            seed = trial.user_attrs.get("seed", derive_seed(base_seed, family, trial.number))
             for k, v in {**prov, "arch": recipe.arch, "seed": seed,
                          "recipe": recipe.to_dict()}.items():
                 trial.set_user_attr(k, v)
@@ -307,7 +308,7 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
                                       if k in ("trials", "timeout", "device", "seed", "smoke")})
         # Workers that start together must not draw the same configurations.
         seed = (cfg.seed, family, "sampler", len(sub.trials)) + ((os.getpid(),) if joining else ())
-        sub.sampler = study.sampler(_seed(*seed))
+        sub.sampler = study.sampler(derive_seed(*seed))
 
     with (out / "runs.jsonl").open("a") as fh:  # one line per invocation: config + provenance
         fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
