@@ -248,13 +248,7 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_promote(args: argparse.Namespace, console: Console) -> None:
-    overrides = parse_overrides(args.settings, PROMOTE_KEYS)
-    name = overrides.get("name")
-    valid = ", ".join(study_names()) or "(none)"
-    if not name:
-        raise UsageError(f"no study named; give NAME=..., one of: {valid}")
-    if name not in study_names():
-        raise UsageError(f"unknown study {name!r}; valid: {valid}")
+    name, _, overrides = _named(args, PROMOTE_KEYS)
     entry = promote.promote(name, Path(overrides.get("results_dir", "results")))
     console.print(f"promoted {entry.id} ({entry.source}) to entries/{entry.id}.json; "
                   f"commit it, then: make reproduce ENTRY={entry.id}")
@@ -307,35 +301,33 @@ def cmd_list(args: argparse.Namespace, console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = (
-        ("study", cmd_study, STUDY_KEYS, "run or continue a study (reads train/validation only)"),
+    commands = (  # name, function, settings, help, whether a study name may come first
+        ("study", cmd_study, STUDY_KEYS, "run or continue a study (reads train/validation only)",
+         True),
         ("finalize", cmd_finalize, FINALIZE_KEYS,
-         "retrain the validation-chosen finalists over seeds and score them once on test"),
-        ("report", cmd_report, REPORT_KEYS, "render results/<name>/report.html from the store"),
+         "retrain the validation-chosen finalists over seeds and score them once on test", True),
+        ("report", cmd_report, REPORT_KEYS, "render results/<name>/report.html from the store",
+         True),
         ("worker", cmd_worker, WORKER_KEYS,
-         "add a worker process to a study that exists (this machine or STORAGE=postgresql://)"),
+         "add a worker process to a study that exists (this machine or STORAGE=postgresql://)",
+         True),
+        ("promote", cmd_promote, PROMOTE_KEYS, "make a study's best finalist an entry", True),
+        ("reproduce", cmd_reproduce, REPRODUCE_KEYS, "re-run leaderboard entries over seeds",
+         False),
+        ("leaderboard", cmd_leaderboard, LEADERBOARD_KEYS,
+         "print the leaderboard and write results/leaderboard.md", False),
+        ("bench", cmd_bench, BENCH_KEYS,
+         "seconds per epoch: the tutorial pipeline vs the harness", False),
     )
-    for command, func, keys, text in commands:
+    for command, func, keys, text, named in commands:
         p = sub.add_parser(command, help=text)
-        p.add_argument("name", nargs="?", help="study file under studies/ (or NAME=...)")
+        if named:
+            p.add_argument("name", nargs="?", help="study file under studies/ (or NAME=...)")
         p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                        help=f"settings: {', '.join(keys)}")
         p.set_defaults(func=func)
-    p = sub.add_parser("bench", help="seconds per epoch: the tutorial pipeline vs the harness")
-    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
-                   help=f"overrides: {', '.join(BENCH_KEYS)}")
-    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("list", help="registered models, optimizers, schedules and studies")
     p.set_defaults(func=cmd_list)
-    for name, keys, func, text in (
-            ("reproduce", REPRODUCE_KEYS, cmd_reproduce, "re-run leaderboard entries over seeds"),
-            ("promote", PROMOTE_KEYS, cmd_promote, "make a study's best finalist an entry"),
-            ("leaderboard", LEADERBOARD_KEYS, cmd_leaderboard,
-             "print the leaderboard and write results/leaderboard.md")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
-                       help=f"settings: {', '.join(keys)}")
-        p.set_defaults(func=func)
     args = parser.parse_args(argv)
     if getattr(args, "name", None) and "=" in args.name:
         args.settings.insert(0, args.name)
