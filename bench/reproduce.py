@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from bench import data, leaderboard, models, provenance, store, train
 from bench.leaderboard import Entry
+from bench.tables import progress_bars
 
 
 def inputs(entry: Entry, train_raw: data.Raw, test_raw: data.Raw | None,
@@ -130,9 +130,7 @@ def reproduce(entries: list[Entry], n_seeds: int, device: torch.device, results_
         test_raw = data.load_test()
     prov = provenance.collect(device)
     rows = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bars(console, transient=True) as progress:
         for entry in entries:
             split, x_eval, y_eval = inputs(entry, train_raw, test_raw, device)
             md5 = {**train_raw.md5, **(test_raw.md5 if entry.eval_on == "test" else {})}

@@ -30,13 +30,13 @@ import optuna
 import torch
 from optuna.trial import TrialState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from bench import data, optim, provenance, storage, store, train
 from bench.models import count_params
 from bench.outcomes import FAILED, check_failures, counts, frames, importances, stop_reason
 from bench.space import Space, SpaceError
-from bench.tables import comparison, config_table, summary_table
+from bench.tables import comparison, config_table, progress_bars, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
 POLL_S = 1.0  # how often a worker with nothing to start looks at the others' trials again
@@ -338,8 +338,6 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
         console.print(f"already {quota} trials per family; " + (
             "nothing left for a worker" if joining else "raise TRIALS= to continue"))
     _warm_up(space, device)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
     # The first Ctrl-C stops at the next epoch boundary, so no journal write is cut in half;
     # a second one stops at once. Workers started here get each Ctrl-C passed on.
     interrupt = threading.Event()
@@ -356,7 +354,7 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     previous = signal.signal(signal.SIGINT, on_sigint)
     began = time.monotonic()
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
+        with progress_bars(console, transient=False) as progress:
             trial_task = progress.add_task("trials", total=todo)
             clock = progress.add_task("budget (s)", total=cfg.timeout, visible=bool(budget))
             epoch_task = progress.add_task("  epochs", total=1)

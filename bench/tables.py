@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -15,6 +17,12 @@ from bench.space import Space
 
 if TYPE_CHECKING:
     from bench.study import RunConfig
+
+
+def progress_bars(console: Console, transient: bool) -> Progress:
+    """The terminal's progress bars: a description, a bar, done/total and the time elapsed."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=transient)
 
 
 def config_table(cfg: RunConfig, space: Space, device_name: str) -> Table:
