@@ -7,14 +7,14 @@ import hashlib
 import os
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bench import cli, data
+from bench import cli, data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = os.environ.get("MNIST_DIR") or str(
@@ -151,3 +151,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cuda_tiny_split(tiny_split) -> data.Split:
+    """`tiny_split` moved to the GPU (for `gpu`-marked tests)."""
+    cuda = train.resolve_device("cuda")
+    return replace(tiny_split, **{k: getattr(tiny_split, k).to(cuda)
+                                  for k in ("x_train", "y_train", "x_val", "y_val")})

@@ -105,11 +105,10 @@ def test_graph_safe_optimizers_on_cuda():
 
 
 @pytest.mark.gpu
-def test_a_failed_capture_on_cuda_leaves_cuda_usable(tiny_split):
+def test_a_failed_capture_on_cuda_leaves_cuda_usable(cuda_tiny_split):
     """An optimizer built without graph flags cannot be captured: one warning, eager training."""
-    cuda = train.resolve_device("cuda")
-    split = replace(tiny_split, **{k: getattr(tiny_split, k).to(cuda)
-                                   for k in ("x_train", "y_train", "x_val", "y_val")})
+    split = cuda_tiny_split
+    cuda = split.x_train.device
     train.seed_everything(0)
     model, opt, sched = train.build(RECIPE, len(split.x_train), cuda, fast=False)
     with pytest.warns(fast.CaptureFailed):

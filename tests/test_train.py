@@ -69,10 +69,9 @@ def test_cuda_without_gpu_is_an_error():
 
 
 @pytest.mark.gpu
-def test_fit_on_cuda_matches_cpu_quality(tiny_split):
-    cuda = train.resolve_device("cuda")
-    split = replace(tiny_split, **{k: getattr(tiny_split, k).to(cuda)
-                                   for k in ("x_train", "y_train", "x_val", "y_val")})
+def test_fit_on_cuda_matches_cpu_quality(cuda_tiny_split):
+    split = cuda_tiny_split
+    cuda = split.x_train.device
     train.seed_everything(0)
     model, opt, sched = train.build(RECIPE, len(split.x_train), cuda)
     history = train.fit(model, opt, sched, split, RECIPE.batch_size, RECIPE.epochs, 0)
