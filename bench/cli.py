@@ -85,10 +85,16 @@ def _device(v: str) -> str:
     return v
 
 
+def _precision(v: str) -> str:
+    if v not in train.PRECISIONS:
+        raise ValueError(" or ".join(train.PRECISIONS))
+    return v
+
+
 STUDY_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "TRIALS": _positive_int, "TIMEOUT": _seconds, "DEVICE": _device,
     "SEED": _int, "SMOKE": _flag, "RESULTS_DIR": _nonempty, "WORKERS": _positive_int,
-    "STORAGE": storage.check_url,
+    "STORAGE": storage.check_url, "PRECISION": _precision, "FAST": _flag,
 }
 # A worker joins a study that exists and takes its settings (trials, timeout, device, seed)
 # from the storage; only where to find it, and how many processes to add, are its own.

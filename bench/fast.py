@@ -70,8 +70,17 @@ def _optimizer_reads(optimizer: torch.optim.Optimizer, lrs: list[torch.Tensor]) 
             group["lr"] = lr
 
 
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """Forward and loss of a training step in `precision` ("fp32" or "bf16"); the weight casts
+    are not cached, so a captured graph re-reads the weights the optimizer updates in place."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; valid: fp32, bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                          cache_enabled=False)
+
+
 def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, buf: _Buffers,
-             size: int) -> Callable[[], None]:
+             size: int, precision: str) -> Callable[[], None]:
     """One training step on the `size` images at the cursor: the body each graph captures."""
     offsets = torch.arange(size, device=buf.order.device)
 
@@ -82,8 +91,9 @@ def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, bu
             lr.copy_(rates[j])
         buf.cursor.add_(size)
         buf.step.add_(1)
-        loss = F.cross_entropy(model(data.x_train.index_select(0, idx)),
-                               data.y_train.index_select(0, idx))
+        with autocast(precision, data.x_train.device):
+            loss = F.cross_entropy(model(data.x_train.index_select(0, idx)),
+                                   data.y_train.index_select(0, idx))
         optimizer.zero_grad(set_to_none=True)  # capture then allocates grads the graph owns
         loss.backward()
         with _optimizer_reads(optimizer, buf.lrs):
@@ -126,7 +136,7 @@ def _capture(step: Callable[[], None], stream: torch.cuda.Stream) -> Callable[[]
 
 def prepare(model: nn.Module, optimizer: torch.optim.Optimizer,
             schedule: torch.optim.lr_scheduler.LRScheduler, data: Split,
-            batch_size: int) -> Graphed | None:
+            batch_size: int, precision: str = "fp32") -> Graphed | None:
     """Graphed epochs for `train.fit`, or None after one warning when capture fails.
 
     On failure everything is put back as it was, so the caller trains eagerly from the same start.
@@ -149,7 +159,8 @@ def prepare(model: nn.Module, optimizer: torch.optim.Optimizer,
     )
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
     saved_rng = torch.get_rng_state()
-    fns = [(_step_fn(model, optimizer, data, buf, size), count) for size, count in counts]
+    fns = [(_step_fn(model, optimizer, data, buf, size, precision), count)
+           for size, count in counts]
     try:
         steps = _warm_up_and_capture(fns, buf, device)
     except Exception as exc:  # noqa: BLE001 - any capture failure means: train eagerly

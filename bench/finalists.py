@@ -120,7 +120,7 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
                    "git_sha": prov["git_sha"], "versions": prov["versions"]}
             try:
                 hist = train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs,
-                                 seed)
+                                 seed, precision=recipe.precision)
             except train.NonFiniteLoss:
                 rows.append({**row, "val_acc": math.nan, "test_acc": math.nan,
                              "test_loss": math.nan, "epochs": 0, "train_seconds": math.nan})

@@ -67,7 +67,8 @@ def train_entry(entry: Entry, split: data.Split, x_eval: torch.Tensor, y_eval: t
         return on_epoch(epoch, metrics) if on_epoch else False
 
     history = train.fit(model, opt, sched, split, entry.recipe.batch_size, last, seed, score,
-                        shuffle=entry.shuffle, loss_fn=leaderboard.LOSSES[entry.loss])
+                        shuffle=entry.shuffle, loss_fn=leaderboard.LOSSES[entry.loss],
+                        precision=entry.recipe.precision)
     return model, [{**h, "eval_acc": scores.get(h["epoch"], math.nan)} for h in history]
 
 

@@ -67,20 +67,22 @@ class Pipeline:
     fast: bool = True  # train.build/fit fast paths: CUDA graphs; channels-last convs on a CPU
     threads: bool = True  # host.default_threads() instead of torch's default
     malloc: bool = True  # host.keep_freed_memory()
+    precision: str = "auto"  # train.resolve_precision: bf16 autocast on a CPU that has it
 
 
 PIPELINES = {
     "tutorial": Pipeline("torchvision MNIST, ToTensor+Normalize, DataLoader, eager loop; "
                          "the host settings of fast", tutorial=True),
-    "plain": Pipeline("harness, eager, torch's default threads and allocator (before tuning)",
-                      fast=False, threads=False, malloc=False),
-    "fast": Pipeline("harness: CUDA graph per step on CUDA; on a CPU channels-last convs, "
-                     "host threads and allocator settings"),
+    "plain": Pipeline("harness, eager, fp32, torch's default threads and allocator (before "
+                      "tuning)", fast=False, threads=False, malloc=False, precision="fp32"),
+    "fast": Pipeline("harness: CUDA graph per step on CUDA; on a CPU channels-last convs, bf16 "
+                     "autocast where the CPU has bf16, host threads and allocator settings"),
     # Ablations of fast, one setting off each (make bench ROWS=...):
     "fast-nchw": Pipeline("fast without its train.build/fit paths (no channels-last, no graphs)",
                           fast=False),
     "fast-torch-threads": Pipeline("fast with torch's default thread count", threads=False),
     "fast-glibc-malloc": Pipeline("fast with glibc's default malloc thresholds", malloc=False),
+    "fast-fp32": Pipeline("fast in float32 throughout", precision="fp32"),
 }
 ROWS = ("tutorial", "plain", "fast")
 
@@ -191,18 +193,18 @@ def _tutorial(case: Case, device: torch.device, epochs: int, seed: int,
 
 
 def _harness(case: Case, device: torch.device, epochs: int, seed: int, fast: bool,
-             md5: dict[str, str]) -> tuple[list[dict], str, bool]:
+             precision: str, md5: dict[str, str]) -> tuple[list[dict], str, bool]:
     """`train.fit` as a study runs it; also says whether the steps really were CUDA graphs."""
     raw = data.load_train(md5)  # the files the parent verified, byte for byte
     split = data.train_val(raw, val_size(len(raw.labels)), seed, "mnist", device)
     recipe = train.Recipe(arch=case.arch, lr=case.lr, batch_size=case.batch_size, epochs=epochs,
-                          optimizer=case.optimizer)
+                          optimizer=case.optimizer, precision=precision)
     train.seed_everything(seed)
     model, opt, sched = train.build(recipe, len(split.x_train), device, fast=fast)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", graphs.CaptureFailed)
         history = train.fit(model, opt, sched, split, case.batch_size, epochs, seed,
-                            graph=None if fast else False)
+                            graph=None if fast else False, precision=precision)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     failed = any(issubclass(w.category, graphs.CaptureFailed) for w in caught)
@@ -215,13 +217,15 @@ def run_row(job: dict) -> dict:
     device = torch.device(job["device"])
     settings = host.tune(threads=pipeline.threads, malloc=pipeline.malloc)
     load_before = os.getloadavg()[0]
+    precision = "fp32" if pipeline.tutorial else train.resolve_precision(pipeline.precision,
+                                                                          device)
     if pipeline.tutorial:
         history, split_hash = _tutorial(case, device, job["epochs"], job["seed"],
                                         Path(job["root"]))
         graphed = False
     else:
         history, split_hash, graphed = _harness(case, device, job["epochs"], job["seed"],
-                                                pipeline.fast, job["md5"])
+                                                pipeline.fast, precision, job["md5"])
     seconds = [h["seconds"] for h in history]
     return {
         "model": job["model"], "pipeline": job["pipeline"], "description": pipeline.doc,
@@ -229,7 +233,7 @@ def run_row(job: dict) -> dict:
         "epochs": job["epochs"], "seconds_per_epoch": sum(seconds) / len(seconds),
         "epoch_seconds": json.dumps([round(s, 4) for s in seconds]),
         "final_val_acc": history[-1]["val_acc"], "final_val_loss": history[-1]["val_loss"],
-        "cuda_graph": graphed, "malloc_keep": settings["malloc_keep"],
+        "cuda_graph": graphed, "precision": precision, "malloc_keep": settings["malloc_keep"],
         "channels_last": pipeline.fast and not pipeline.tutorial
         and train.wants_channels_last(models.create_model(case.arch), device),
         "seed": job["seed"], "split_hash": split_hash, "data_md5": json.dumps(job["md5"]),
@@ -271,7 +275,8 @@ def table(df: pd.DataFrame) -> Table:
     for col in ("model", "pipeline", "s/epoch", "val acc", f"vs {df.iloc[0]['pipeline']}"):
         out.add_column(col, justify="left" if col in ("model", "pipeline") else "right")
     for r in df.itertuples():
-        out.add_row(r.model, r.pipeline + (" (graph)" if r.cuda_graph else ""),
+        out.add_row(r.model, r.pipeline + (" (graph)" if r.cuda_graph else "")
+                    + (" (bf16)" if r.precision == "bf16" else ""),
                     f"{r.seconds_per_epoch:.2f}", f"{r.final_val_acc:.4f}", f"{r.speedup:.1f}x")
     return out
 

@@ -39,6 +39,7 @@ from bench.space import Space, SpaceError
 from bench.tables import comparison, config_table, progress_bars, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
+RUN_KEYS = ("trials", "timeout", "device", "seed", "smoke", "precision", "fast")  # stored, joined
 POLL_S = 1.0  # how often a worker with nothing to start looks at the others' trials again
 
 
@@ -81,6 +82,8 @@ class RunConfig:
     results_dir: Path
     storage: str | None = None
     workers: int = 1
+    precision: str = "fp32"  # resolved: "fp32" or "bf16" (train.resolve_precision)
+    fast: bool = True  # train.build/fit speed paths; False: the eager loop (FAST=0)
 
     @property
     def out(self) -> Path:
@@ -111,6 +114,8 @@ def resolve(study: Study, name: str, device: torch.device, overrides: dict) -> R
         results_dir=Path(overrides.get("results_dir", "results")),
         storage=overrides.get("storage"),
         workers=overrides.get("workers", 1),
+        precision=train.resolve_precision(overrides.get("precision", "auto"), device),
+        fast=overrides.get("fast", True),
     )
 
 
@@ -149,7 +154,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Split,
-               device: torch.device, base_seed: int, prov: dict, deadline: float | None,
+               device: torch.device, cfg: RunConfig, prov: dict, deadline: float | None,
                progress: Progress, epoch_task,
                interrupt: threading.Event) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
@@ -173,18 +178,19 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
         try:  # everything, so that a fault anywhere in the trial is recorded as such
             for k, v in storage.owner().items():  # first: who runs it, for the dead-process check
                 trial.set_user_attr(k, v)
-            recipe = space.sample(trial, archs)
+            recipe = replace(space.sample(trial, archs), precision=cfg.precision)
             # A retry reruns the lost trial's seed, so it computes what that trial would have.
-            seed = trial.user_attrs.get("seed", derive_seed(base_seed, family, trial.number))
+            seed = trial.user_attrs.get("seed", derive_seed(cfg.seed, family, trial.number))
             for k, v in {**prov, "arch": recipe.arch, "seed": seed,
                          "recipe": recipe.to_dict()}.items():
                 trial.set_user_attr(k, v)
             train.seed_everything(seed)
-            model, opt, sched = train.build(recipe, len(split.x_train), device)
+            model, opt, sched = train.build(recipe, len(split.x_train), device, fast=cfg.fast)
             trial.set_user_attr("params_count", count_params(model))
             progress.reset(epoch_task, total=recipe.epochs,
                            description=f"  {family} #{trial.number} epochs")
-            train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, seed, on_epoch)
+            train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, seed, on_epoch,
+                      graph=None if cfg.fast else False, precision=recipe.precision)
         except train.NonFiniteLoss:
             stop = "nonfinite"
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
@@ -305,7 +311,7 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
                 console.print(f"{family}: {n} trial(s) of a dead process marked FAIL")
             storage.retry_lost(sub)
             sub.set_user_attr("run", {k: v for k, v in asdict(cfg).items()
-                                      if k in ("trials", "timeout", "device", "seed", "smoke")})
+                                      if k in RUN_KEYS})
         # Workers that start together must not draw the same configurations.
         seed = (cfg.seed, family, "sampler", len(sub.trials)) + ((os.getpid(),) if joining else ())
         sub.sampler = study.sampler(derive_seed(*seed))
@@ -383,7 +389,7 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
                     (now[f][0] + now[f][1]) / quota, used[f] / budget if budget else 0.0))
                 deadline = time.monotonic() + budget - used[family] if budget else None
                 objective = _objective(family, study.families[family], space, split, device,
-                                       cfg.seed, prov, deadline, progress, epoch_task,
+                                       cfg, prov, deadline, progress, epoch_task,
                                        interrupt)
                 progress.update(trial_task, description=f"trials ({family})")
                 ended.clear()

@@ -6,7 +6,8 @@ also the resource a pruner sees); returning True stops training after that epoch
 Batches are drawn by index from a seeded per-epoch permutation of tensors that live on the device,
 so no DataLoader or per-sample transform runs in the loop, and the host syncs once per epoch.
 On CUDA each training step is a captured CUDA graph (`bench.fast`); `fast=False` / `graph=False`
-keep the plain eager loop.
+keep the plain eager loop. A recipe's `precision` "bf16" runs forward and loss under bf16 autocast
+(weights, gradients and optimizer state stay float32); evaluation is always float32.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bench.data import Split
 OnEpoch = Callable[[int, dict[str, float]], bool]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -48,6 +50,7 @@ class Recipe:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     schedule_kwargs: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # "bf16": mixed-precision training (autocast); published recipes: fp32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +67,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's check: AVX-512 BF16, AMX or the like)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto`: bf16 on a CPU that computes it natively, where `make bench` measured it faster at
+    the same accuracy (README Performance); float32 elsewhere, CUDA included until measured there.
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+    return name
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CPU and every CUDA device
 
@@ -77,15 +96,34 @@ def wants_channels_last(model: nn.Module, device: torch.device) -> bool:
     return device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def _channels_last_grad(module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
+    return tuple(g.contiguous(memory_format=torch.channels_last) if g is not None and g.dim() == 4
+                 else g for g in grad_input)
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Channels-last weights, and gradients that stay channels-last through each `nn.Flatten`.
+
+    Flatten's backward returns an NCHW gradient, and every layer before it would then convert
+    layouts on each step: in cnn-conv32 the max-pool backward copied its 26x26x32 input twice,
+    a third of the step on one core. Converting the small gradient at the Flatten instead made
+    that step 1.5x faster (README Performance).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Flatten):
+            m.register_full_backward_hook(_channels_last_grad)
+    return model.to(memory_format=torch.channels_last)
+
+
 def build(recipe: Recipe, n_train: int, device: torch.device, fast: bool = True):
     """Model, optimizer and per-step schedule for `recipe` on `device`.
 
     `fast` applies the measured speed-ups: on CUDA an optimizer whose step can be captured in a
-    CUDA graph; on a CPU channels-last weights for convolutional models (see README Performance).
+    CUDA graph; on a CPU channels-last convolutional models (see README Performance).
     """
     model = models.create_model(recipe.arch, **recipe.arch_kwargs).to(device)
     if fast and wants_channels_last(model, device):
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     opt = optim.create_optimizer(recipe.optimizer, model.parameters(), recipe.lr,
                                  recipe.weight_decay, graph_safe=fast, **recipe.optimizer_kwargs)
     per_epoch = steps_per_epoch(n_train, recipe.batch_size)
@@ -141,6 +179,7 @@ def fit(
     graph: bool | None = None,
     shuffle: bool = True,
     loss_fn: LossFn = F.cross_entropy,
+    precision: str = "fp32",
 ) -> list[dict[str, float]]:
     """Train for up to `epochs`; returns one metrics dict per epoch run.
 
@@ -151,14 +190,16 @@ def fit(
     Raises NonFiniteLoss when an epoch's loss is NaN/inf (the callback still sees that epoch).
     `graph`: None captures each step as a CUDA graph on CUDA and trains eagerly elsewhere; True
     runs the graph's static step functions (uncaptured off CUDA: how tests check them); False is
-    the eager loop. A failed capture warns once and trains eagerly.
+    the eager loop. A failed capture warns once and trains eagerly. `precision`: "fp32" or "bf16"
+    (autocast around forward and loss).
     """
     gen = torch.Generator(device=data.x_train.device).manual_seed(seed)
     n = len(data.x_train)
     # The captured step computes cross-entropy; a recipe's own loss trains eagerly.
     use_graph = data.x_train.is_cuda and loss_fn is F.cross_entropy if graph is None else graph
     began = time.perf_counter()  # the first epoch's time includes the graph capture
-    graphed = graphs.prepare(model, optimizer, schedule, data, batch_size) if use_graph else None
+    graphed = (graphs.prepare(model, optimizer, schedule, data, batch_size, precision)
+               if use_graph else None)
     history = []
     for epoch in range(1, epochs + 1):
         start = began if epoch == 1 else time.perf_counter()
@@ -172,7 +213,8 @@ def fit(
         else:
             for i in range(0, n, batch_size):
                 idx = order[i:i + batch_size]
-                loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+                with graphs.autocast(precision, data.x_train.device):
+                    loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -32,7 +32,10 @@ def bench(*args, cwd=ROOT):
     (["study"], "error: no study named; give NAME=..., one of: mlp_vs_cnn"),
     (["study", "mlp_vs_cnn", "TRIAL=5"],
      "error: unknown setting 'TRIAL'; valid: NAME, TRIALS, TIMEOUT, DEVICE, SEED, SMOKE, "
-     "RESULTS_DIR, WORKERS, STORAGE"),
+     "RESULTS_DIR, WORKERS, STORAGE, PRECISION, FAST"),
+    (["study", "mlp_vs_cnn", "PRECISION=fp16"],
+     "error: PRECISION='fp16' is not valid: expected auto or fp32 or bf16"),
+    (["study", "mlp_vs_cnn", "FAST=2"], "error: FAST='2' is not valid: expected 0 or 1"),
     (["study", "mlp_vs_cnn", "TRIALS=ten"],
      "error: TRIALS='ten' is not valid: expected a positive integer"),
     (["study", "mlp_vs_cnn", "TRIALS=0"],

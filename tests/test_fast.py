@@ -19,7 +19,7 @@ def _history(split, recipe, graph, seed=3):
     train.seed_everything(1)
     model, opt, sched = train.build(recipe, len(split.x_train), split.x_train.device)
     history = train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, seed,
-                        graph=graph)
+                        graph=graph, precision=recipe.precision)
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
@@ -32,6 +32,13 @@ def test_static_steps_train_exactly_as_eager(tiny_split, optimizer, schedule):
     recipe = replace(RECIPE, optimizer=optimizer, schedule=schedule,
                      optimizer_kwargs=KNOBS.get(optimizer, {}))
     assert _history(tiny_split, recipe, graph=True) == _history(tiny_split, recipe, graph=False)
+
+
+def test_static_steps_in_bf16_train_exactly_as_eager_bf16(tiny_split):
+    recipe = replace(RECIPE, precision="bf16")
+    graphed = _history(tiny_split, recipe, graph=True)
+    assert graphed == _history(tiny_split, recipe, graph=False)
+    assert graphed != _history(tiny_split, RECIPE, graph=True)  # autocast reached the step
 
 
 @pytest.mark.parametrize("batch_size", [400, 500, 9])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import cli, data, host, speed
+from bench import cli, data, host, speed, train
 
 
 @pytest.fixture
@@ -50,11 +50,14 @@ def test_every_pipeline_trains_the_same_split_to_comparable_accuracy(tiny_mnist,
     assert rows["fast"]["threads"] == rows["tutorial"]["threads"] == host.default_threads()
     assert rows["fast"]["channels_last"] == (model == "cnn-conv32")
     assert not rows["plain"]["channels_last"] and not rows["plain"]["malloc_keep"]
+    assert rows["tutorial"]["precision"] == rows["plain"]["precision"] == "fp32"
+    assert rows["fast"]["precision"] == train.resolve_precision("auto", torch.device("cpu"))
 
 
 def test_frame_and_table_put_each_row_against_its_models_tutorial():
     rows = [{"model": m, "pipeline": p, "seconds_per_epoch": s, "final_val_acc": 0.97,
-             "cuda_graph": False, "device": "cpu: test", "epochs": 3, "batch_size": 64}
+             "cuda_graph": False, "device": "cpu: test", "epochs": 3, "batch_size": 64,
+             "precision": "bf16" if p == "fast" else "fp32"}
             for m, p, s in [("a", "tutorial", 10.0), ("a", "fast", 2.0), ("b", "tutorial", 3.0),
                             ("b", "plain", 6.0)]]
     df = speed.frame(rows)
@@ -63,6 +66,7 @@ def test_frame_and_table_put_each_row_against_its_models_tutorial():
     assert [c.header for c in table.columns] == ["model", "pipeline", "s/epoch", "val acc",
                                                  "vs tutorial"]
     assert list(table.columns[4].cells) == ["1.0x", "5.0x", "1.0x", "0.5x"]
+    assert list(table.columns[1].cells) == ["tutorial", "fast (bf16)", "tutorial", "plain"]
 
 
 def test_bench_command_writes_one_row_per_model_and_pipeline(tiny_mnist, tmp_path, monkeypatch,
@@ -84,7 +88,7 @@ def test_bench_command_writes_one_row_per_model_and_pipeline(tiny_mnist, tmp_pat
                   "SEED, RESULTS_DIR"),
     (["ROWS=tutorial,turbo"], "error: ROWS='tutorial,turbo' is not valid: expected a "
                               "comma-separated list of tutorial, plain, fast, fast-nchw, "
-                              "fast-torch-threads, fast-glibc-malloc"),
+                              "fast-torch-threads, fast-glibc-malloc, fast-fp32"),
     (["EPOCHS=0"], "error: EPOCHS='0' is not valid: expected a positive integer"),
     (["QUICK=yes"], "error: QUICK='yes' is not valid: expected 0 or 1"),
     (["QUICK=1", "EPOCHS=2"], "error: QUICK=1 means EPOCHS=1; give one of them"),

@@ -37,7 +37,7 @@ def _run(tmp_path, definition=STUDY, **overrides):
     cfg = study.RunConfig(name="t", trials=overrides.pop("trials", definition.trials["cpu"]),
                           timeout=overrides.pop("timeout", None), device="cpu",
                           seed=overrides.pop("seed", 0),
-                          smoke=False, results_dir=tmp_path / "results")
+                          smoke=False, results_dir=tmp_path / "results", **overrides)
     out = study.run(definition, cfg, Console(quiet=True))
     return store.read(out, "trials"), store.read(out, "epochs"), out
 
@@ -277,10 +277,10 @@ def test_a_fault_inside_a_trial_fails_that_trial_frees_it_and_the_study_goes_on(
         tiny_mnist, tmp_path, monkeypatch, fault, reason, error):
     real_fit, models, freed_before_next = train.fit, [], []
 
-    def fit(model, *args):
+    def fit(model, *args, **kwargs):
         if models:  # the next trial starts: nothing may still hold the failed trial's model
             freed_before_next.append(models[0]() is None)
-            return real_fit(model, *args)
+            return real_fit(model, *args, **kwargs)
         models.append(weakref.ref(model))
         raise fault
 
@@ -314,3 +314,32 @@ def test_config_table_shows_values_as_text_and_masks_the_storage_password():
     text = console.export_text()
     assert "[red]runs[/red]" in text
     assert "postgresql://bench:***@db.lan/studies" in text and "hunter2" not in text
+
+
+def test_precision_and_fast_reach_every_trial_and_are_stored_for_workers(tiny_mnist, tmp_path,
+                                                                         monkeypatch):
+    calls = []
+    real_build, real_fit = train.build, train.fit
+
+    def build(*args, **kwargs):
+        calls.append(("build", kwargs.get("fast")))
+        return real_build(*args, **kwargs)
+
+    def fit(*args, **kwargs):
+        calls.append(("fit", kwargs.get("graph"), kwargs.get("precision")))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "build", build)
+    monkeypatch.setattr(train, "fit", fit)
+    trials, _, out = _run(tmp_path, trials=2, precision="bf16", fast=False)
+    assert len(trials) == 2 and set(calls) == {("build", False), ("fit", False, "bf16")}
+    assert {json.loads(r)["precision"] for r in trials["recipe"]} == {"bf16"}  # finalize reads it
+    config = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["config"]
+    assert (config["precision"], config["fast"]) == ("bf16", False)
+    db = storage.open_storage(None, out / "optuna.journal")
+    stored = optuna.load_study(study_name="t.mlp", storage=db).user_attrs["run"]
+    assert (stored["precision"], stored["fast"]) == ("bf16", False)  # what `make worker` takes
+
+    calls.clear()
+    _run(tmp_path / "default", trials=2)
+    assert set(calls) == {("build", True), ("fit", None, "fp32")}

@@ -1,10 +1,12 @@
+import copy
 import math
 from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
-from bench import train
+from bench import models, train
 
 
 def _fit(split, recipe, seed=0, on_epoch=None):
@@ -132,3 +134,56 @@ def test_fit_without_validation_images_skips_validation(tiny_split):
     history = _fit(split, replace(RECIPE, epochs=1))
     assert math.isnan(history[0]["val_acc"]) and math.isnan(history[0]["val_loss"])
     assert math.isfinite(history[0]["train_loss"])
+
+
+def test_precision_auto_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # resolving needs no GPU
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    assert train.resolve_precision("auto", cpu) == "bf16"
+    assert train.resolve_precision("auto", cuda) == "fp32"  # not measured on a GPU yet
+    assert train.resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    assert train.resolve_precision("auto", cpu) == "fp32"
+    assert train.resolve_precision("bf16", cpu) == "bf16"  # asked for: slow, but honoured
+    with pytest.raises(ValueError, match=r"^unknown precision 'fp16'; valid: auto, fp32, bf16$"):
+        train.resolve_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_bf16_trains_under_autocast_keeps_fp32_weights_and_scores_in_fp32(tiny_split, graph):
+    recipe = replace(RECIPE, precision="bf16")
+    train.seed_everything(0)
+    model, opt, sched = train.build(recipe, len(tiny_split.x_train), torch.device("cpu"))
+    seen = set()
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.register_forward_hook(lambda mod, i, out: seen.add((mod.training, out.dtype)))
+    history = train.fit(model, opt, sched, tiny_split, recipe.batch_size, recipe.epochs, 0,
+                        graph=graph, precision="bf16")
+    assert seen == {(True, torch.bfloat16), (False, torch.float32)}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {v.dtype for s in opt.state.values() for v in s.values() if v.dim()} == {
+        torch.float32}
+    fp32 = _fit(tiny_split, RECIPE)
+    assert history[-1]["val_acc"] > 0.9
+    assert abs(history[-1]["val_acc"] - fp32[-1]["val_acc"]) <= 0.03  # 6 of 200 images
+    assert history[-1]["train_loss"] != fp32[-1]["train_loss"]  # it did run in bf16
+
+
+def test_channels_last_model_keeps_its_gradients_channels_last_and_equal():
+    torch.manual_seed(0)
+    nchw = models.create_model("cnn-conv32").eval()  # eval: dropout off, same function twice
+    fast = train.to_channels_last(copy.deepcopy(nchw))
+    plain = copy.deepcopy(nchw).to(memory_format=torch.channels_last)  # no gradient hook
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    into_pool = {}
+    for name, model in (("nchw", nchw), ("fast", fast), ("plain", plain)):
+        pool = next(m for m in model.modules() if isinstance(m, nn.MaxPool2d))
+        pool.register_full_backward_hook(
+            lambda mod, gin, gout, name=name: into_pool.update({name: gout[0]}))
+        torch.nn.functional.nll_loss(model(x), y).backward()
+    cl = torch.channels_last
+    assert into_pool["fast"].is_contiguous(memory_format=cl)
+    assert not into_pool["plain"].is_contiguous(memory_format=cl)  # what the hook fixes
+    for a, b in zip(nchw.parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
