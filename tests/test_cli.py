@@ -238,7 +238,7 @@ def test_a_study_whose_trials_mostly_fail_exits_1_with_one_line(
         tiny_mnist, study_file, tmp_path, capsys):
     study_file("diverging", ("lr=(1e-3, 1e-2)", "lr=(1e6, 1e7)"),
                ('optimizers=("adam",)', 'optimizers=("sgd",)'))
-    code, err = _cli(capsys, "study", "diverging", "DEVICE=cpu", "TRIALS=20",
+    code, err = _cli(capsys, "study", "diverging", "DEVICE=cpu", "TRIALS=20", "WORKERS=1",
                      f"RESULTS_DIR={tmp_path / 'r'}")
     assert code == 1
     assert err.startswith("error: 5 of the 5 trials run so far failed (nonfinite 5); stopped ")

@@ -164,7 +164,7 @@ def test_two_workers_on_postgresql_one_killed_nothing_lost(tiny_cli, postgres):
         "error: no study tiny.mlp in postgresql://bench:***@127.0.0.1:")
     assert optuna.get_all_study_names(db) == [] and not tiny_cli.results.exists()
     first = subprocess.Popen(tiny_cli.cmd("study", "tiny", "DEVICE=cpu", "TRIALS=24",
-                                          f"STORAGE={postgres}"), env=tiny_cli.env,
+                                          "WORKERS=1", f"STORAGE={postgres}"), env=tiny_cli.env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while first.poll() is None and not (  # the study exists and records its settings
             "tiny.mlp" in optuna.get_all_study_names(db)

@@ -162,7 +162,12 @@ def test_smoke_study_on_real_mnist_through_the_cli(real_mnist, tmp_path):
         cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr
     trials = pd.read_parquet(tmp_path / "mlp_vs_cnn-smoke" / "trials.parquet")
-    assert len(trials) == study.SMOKE_TRIALS
+    workers = study.default_workers(torch.device("cpu"))  # the default: one per core
+    runs = [json.loads(line) for line in
+            (tmp_path / "mlp_vs_cnn-smoke" / "runs.jsonl").read_text().splitlines()]
+    assert [r["role"] for r in runs] == ["study"] + ["worker"] * (workers - 1)
+    assert runs[0]["config"]["workers"] == workers
+    assert study.SMOKE_TRIALS <= len(trials) <= study.SMOKE_TRIALS + workers - 1
     assert trials.groupby("family").size().to_dict() == {"mlp": 3, "cnn": 3}
     assert "Best trial per family" in proc.stdout
 
@@ -181,7 +186,7 @@ def test_comparison_line_answers_the_question():
 
 def test_ctrl_c_keeps_completed_trials_and_the_rerun_continues(real_mnist, tmp_path):
     cmd = [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
-           f"RESULTS_DIR={tmp_path}"]
+           "WORKERS=1", f"RESULTS_DIR={tmp_path}"]
     store_file = tmp_path / "mlp_vs_cnn-smoke" / "trials.parquet"
     proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -216,7 +221,7 @@ def _journal_trials(journal: Path) -> dict[tuple[str, int], optuna.trial.FrozenT
 
 
 def test_kill_9_mid_trial_then_the_same_command_resumes(tiny_cli):
-    cmd = tiny_cli.cmd("study", "tiny", "DEVICE=cpu", "TRIALS=6")
+    cmd = tiny_cli.cmd("study", "tiny", "DEVICE=cpu", "TRIALS=6", "WORKERS=1")
     journal = tiny_cli.results / "tiny" / "optuna.journal"
     proc = subprocess.Popen(cmd, env=tiny_cli.env, stdout=subprocess.DEVNULL)
     running: list[tuple[str, int]] = []
