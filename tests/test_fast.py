@@ -102,6 +102,27 @@ def test_captured_graphs_reach_eager_accuracy_on_cuda(real_mnist):
 
 
 @pytest.mark.gpu
+def test_bf16_steps_capture_on_cuda_and_match_float32_accuracy(real_mnist):
+    """PRECISION=bf16 on CUDA: the autocast step must capture, and over seeds 0-2 its mean
+    validation accuracy must stay within 0.5 pp of float32 graphs (not yet run on a GPU)."""
+    cuda = train.resolve_device("cuda")
+    split = data.train_val(data.load_train(), 10_000, 0, "mnist", cuda)
+    recipe = train.Recipe(arch="cnn-conv32", lr=1e-3, batch_size=64, epochs=2, optimizer="adam")
+    accs = {"fp32": [], "bf16": []}
+    for precision, found in accs.items():
+        for seed in range(3):
+            train.seed_everything(seed)
+            model, opt, sched = train.build(recipe, len(split.x_train), cuda)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", fast.CaptureFailed)
+                history = train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs,
+                                    seed, precision=precision)
+            found.append(history[-1]["val_acc"])
+    assert min(accs["bf16"]) > 0.95, accs
+    assert abs(sum(accs["bf16"]) - sum(accs["fp32"])) / 3 < 0.005, accs
+
+
+@pytest.mark.gpu
 def test_graph_safe_optimizers_on_cuda():
     from bench import optim
 
