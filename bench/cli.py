@@ -96,8 +96,9 @@ STUDY_KEYS: dict[str, Callable[[str], Any]] = {
     "SEED": _int, "SMOKE": _flag, "RESULTS_DIR": _nonempty, "WORKERS": _positive_int,
     "STORAGE": storage.check_url, "PRECISION": _precision, "FAST": _flag,
 }
-# A worker joins a study that exists and takes its settings (trials, timeout, device, seed)
-# from the storage; only where to find it, and how many processes to add, are its own.
+# A worker joins a study that exists and takes its settings (study.RUN_KEYS: trials, timeout,
+# device, seed, precision, ...) from the storage; only where to find it, and how many processes
+# to add, are its own.
 WORKER_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "STORAGE": storage.check_url, "WORKERS": _positive_int, "SMOKE": _flag,
     "RESULTS_DIR": _nonempty,
@@ -208,6 +209,7 @@ def cmd_study(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_worker(args: argparse.Namespace, console: Console) -> None:
     name, definition, overrides = _named(args, WORKER_KEYS)
+    host.tune(threads=False)  # the allocator setting; threads come from the study's share
     out = study.join(definition, name, overrides, console)
     console.print(f"worker done; this machine's copy of the store: {out}/trials.parquet",
                   markup=False)

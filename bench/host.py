@@ -24,8 +24,21 @@ MMAP_THRESHOLD = 32 << 20  # glibc's ceiling on 64-bit systems
 TRIM_THRESHOLD = 256 << 20
 
 
+def cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, cores() - 1)
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads for each of `workers` processes sharing this machine's cores."""
+    return max(1, cores() // workers)
 
 
 def keep_freed_memory() -> bool:

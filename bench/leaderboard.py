@@ -84,8 +84,14 @@ class Entry:
 
     @property
     def digest(self) -> str:
-        """Changes when the definition does, so a stored result can tell it is stale."""
-        spec = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """Changes when the definition does, so a stored result can tell it is stale.
+
+        A recipe field added later at its default (float32 `precision`) leaves it as it was.
+        """
+        d = self.to_dict()
+        if d["recipe"].get("precision") == "fp32":
+            del d["recipe"]["precision"]
+        spec = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -107,6 +113,7 @@ def check(e: Entry) -> None:
     _choice(e.id, "loss", e.loss, LOSSES)
     _choice(e.id, "eval_on", e.eval_on, EVAL_ON)
     _choice(e.id, "metric", e.metric, METRICS)
+    _choice(e.id, "precision", e.recipe.precision, train.PRECISIONS[1:])  # resolved, not auto
     if (e.split == "all") != (e.val_size == 0) or e.val_size < 0:
         raise ValueError(f"entry {e.id}: split {e.split!r} with val_size={e.val_size}; "
                          "valid: val_size 0 for 'all', > 0 otherwise")

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import Progress
 
-from bench import data, optim, provenance, storage, store, train
+from bench import data, host, optim, provenance, storage, store, train
 from bench.models import count_params
 from bench.outcomes import FAILED, check_failures, counts, frames, importances, stop_reason
 from bench.space import Space, SpaceError
@@ -105,7 +105,7 @@ def default_workers(device: torch.device) -> int:
     copy of the data): small models gain little from intra-op threads, and on 2 cores two
     processes ran 1.6x the trials per minute of one (README Performance). On CUDA one, until
     several per GPU are measured."""
-    return min(os.cpu_count() or 1, AUTO_WORKERS) if device.type == "cpu" else 1
+    return min(host.cores(), AUTO_WORKERS) if device.type == "cpu" else 1
 
 
 def resolve(study: Study, name: str, device: torch.device, overrides: dict) -> RunConfig:
@@ -113,16 +113,17 @@ def resolve(study: Study, name: str, device: torch.device, overrides: dict) -> R
     smoke = overrides.get("smoke", False)
     default_timeout = None if smoke else study.timeout.get(device.type)
     timeout = overrides.get("timeout", default_timeout)
+    trials = overrides.get("trials", SMOKE_TRIALS if smoke else study.trials[device.type])
     return RunConfig(
         name=name,
-        trials=overrides.get("trials", SMOKE_TRIALS if smoke else study.trials[device.type]),
+        trials=trials,
         timeout=timeout or None,
         device=device.type,
         seed=overrides.get("seed", 0),
         smoke=smoke,
         results_dir=Path(overrides.get("results_dir", "results")),
         storage=overrides.get("storage"),
-        workers=overrides.get("workers", default_workers(device)),
+        workers=overrides.get("workers", min(default_workers(device), trials)),
         precision=train.resolve_precision(overrides.get("precision", "auto"), device),
         fast=overrides.get("fast", True),
     )
@@ -151,9 +152,12 @@ def derive_seed(*parts: object) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-def _space_hash(space: Space, study: Study) -> str:
-    """What a continued study must share: ranges, families, normalisation and split size."""
+def _space_hash(space: Space, study: Study, precision: str) -> str:
+    """What a continued study must share: ranges, families, normalisation, split size and the
+    training precision (a study is not continued in another one)."""
     spec = [asdict(space), study.families, study.normalization, study.val_size]
+    if precision != "fp32":  # float32 studies keep the hash they had before precision existed
+        spec.append(precision)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -250,9 +254,9 @@ def _sub_studies(study: Study, cfg: RunConfig, db: optuna.storages.BaseStorage, 
         seen = {(t.user_attrs.get("split_hash"), t.user_attrs.get("space_hash"))
                 for t in db.get_all_trials(db.get_study_id_from_name(name), False)}
         if seen - {(None, None), (prov["split_hash"], prov["space_hash"])}:
-            raise ValueError(f"{where} holds a study with another split or search space (SEED, "
-                             "DEVICE or the study file changed); continue it with its own "
-                             "settings or choose another RESULTS_DIR")
+            raise ValueError(f"{where} holds a study with another split, search space or "
+                             "precision (SEED, DEVICE, PRECISION or the study file changed); "
+                             "continue it with its own settings or choose another RESULTS_DIR")
     if joining and (missing := sorted(set(names.values()) - existing)):
         raise storage.StorageError(f"no study {missing[0]} in {where}; start it first with "
                                    f"`make study NAME={cfg.name}` and the same settings")
@@ -303,12 +307,12 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes go to the store and table
     families = list(study.families)
     if cfg.workers > 1:  # share the cores instead of each worker taking all of them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
+        torch.set_num_threads(host.threads_per_worker(cfg.workers))
     raw = data.load_train()
     split = data.train_val(raw, SMOKE_VAL if cfg.smoke else study.val_size, cfg.seed,
                            study.normalization, device, SMOKE_SUBSET if cfg.smoke else None)
     prov = {**provenance.collect(device), "data_md5": json.dumps(split.md5, sort_keys=True),
-            "split_hash": split.split_hash, "space_hash": _space_hash(space, study)}
+            "split_hash": split.split_hash, "space_hash": _space_hash(space, study, cfg.precision)}
     out = cfg.out
     db = db or storage.open_storage(cfg.storage, out / "optuna.journal")
     subs = _sub_studies(study, cfg, db, prov, joining)
@@ -448,8 +452,7 @@ def _spawn(cfg: RunConfig) -> list[subprocess.Popen]:
            f"SMOKE={int(cfg.smoke)}", f"RESULTS_DIR={cfg.results_dir}"]
     if cfg.storage:
         cmd.append(f"STORAGE={cfg.storage}")
-    threads = str(max(1, (os.cpu_count() or 1) // cfg.workers))
-    env = {"OMP_NUM_THREADS": threads, **os.environ}
+    env = {**os.environ, "OMP_NUM_THREADS": str(host.threads_per_worker(cfg.workers))}
     return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env, start_new_session=True)
             for _ in range(cfg.workers - 1)]
 

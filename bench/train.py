@@ -69,7 +69,11 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (oneDNN's check: AVX-512 BF16, AMX or the like)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    try:
+        return (torch.backends.mkldnn.is_available()
+                and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    except (AttributeError, RuntimeError):  # a torch build without that check
+        return False
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -193,8 +193,9 @@ def _journal_with(path: Path, study_name: str, **user_attrs) -> None:
      "error: {j} holds other studies (other.mlp), not tiny.mlp, tiny.cnn; choose another "
      "RESULTS_DIR"),
     (lambda j: _journal_with(j, "tiny.mlp", split_hash="0" * 16, space_hash="0" * 16),
-     "error: {j} holds a study with another split or search space (SEED, DEVICE or the study "
-     "file changed); continue it with its own settings or choose another RESULTS_DIR"),
+     "error: {j} holds a study with another split, search space or precision (SEED, DEVICE, "
+     "PRECISION or the study file changed); continue it with its own settings or choose "
+     "another RESULTS_DIR"),
 ])
 def test_a_results_folder_of_another_study_is_refused_untouched(
         tiny_mnist, study_file, prepare, message, tmp_path, capsys):

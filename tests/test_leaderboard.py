@@ -235,3 +235,16 @@ def test_bad_entries_name_the_value_and_the_choices():
                                   recipe=replace(E["cnn-conv32-adam"].recipe, arch="resnet")))
     with pytest.raises(ValueError, match="split 'contiguous' with val_size=0"):
         leaderboard.check(replace(E["mlp-128-128-adam"], val_size=0))
+
+
+def test_a_float32_recipe_keeps_the_digest_it_had_before_precision_existed():
+    import hashlib
+
+    entry = leaderboard.RECIPES[0]
+    d = entry.to_dict()
+    del d["recipe"]["precision"]
+    before = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert entry.digest == before
+    assert replace(entry, recipe=replace(entry.recipe, precision="bf16")).digest != before
+    with pytest.raises(ValueError, match=r"unknown precision 'auto'; valid: bf16, fp32"):
+        leaderboard.check(replace(entry, recipe=replace(entry.recipe, precision="auto")))

@@ -85,6 +85,11 @@ def test_fast_build_makes_conv_weights_channels_last_on_cpu_only_for_conv_nets()
     conv = train.Recipe(arch="cnn-conv32", lr=1e-3, batch_size=64, epochs=1)
     assert train.build(conv, 100, cpu)[0][0].weight.stride() == (9, 1, 3, 1)  # channels-last
     assert train.build(conv, 100, cpu, fast=False)[0][0].weight.stride() == (9, 9, 3, 1)
+    model = train.build(conv, 100, cpu)[0]
+    flatten = next(m for m in model.modules() if isinstance(m, nn.Flatten))
+    x = torch.randn(2, 32, 13, 13).contiguous(memory_format=torch.channels_last)
+    grad = torch.autograd.grad(flatten(x.requires_grad_()).sum(), x)[0]
+    assert grad.is_contiguous(memory_format=torch.channels_last)  # the hook from build()
     mlp = train.build(RECIPE, 100, cpu)[0]
     assert all(p.is_contiguous() for p in mlp.parameters())
 
