@@ -103,7 +103,7 @@ def results_folder(results_dir: Path, name: str, smoke: bool) -> Path:
 def default_workers(device: torch.device) -> int:
     """On a CPU one single-threaded process per core, up to AUTO_WORKERS (each holds its own
     copy of the data): small models gain little from intra-op threads, and on 2 cores two
-    processes ran 1.6x the trials per minute of one (README Performance). On CUDA one, until
+    processes ran 1.8x the trials per minute of one (README Performance). On CUDA one, until
     several per GPU are measured."""
     return min(host.cores(), AUTO_WORKERS) if device.type == "cpu" else 1
 
