@@ -83,3 +83,20 @@ def test_select_ranks_on_validation_only():
     chosen = finalists.select(trials, k=2)
     assert chosen[["family", "number", "rank"]].values.tolist() == [
         ["a", 1, 1], ["a", 0, 2], ["b", 0, 1]]
+
+
+def test_finalists_retrain_in_the_precision_their_study_trained_in(tiny_mnist, tmp_path,
+                                                                    monkeypatch):
+    _, _, out = _run(tmp_path, trials=2, precision="bf16")
+    precisions = []
+    real_fit = train.fit
+
+    def fit(*args, **kwargs):
+        precisions.append(kwargs.get("precision"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit)
+    result = finalists.finalize(STUDY, out, train.resolve_device("cpu"), k=1, seeds=1,
+                                refresh=False, console=QUIET)
+    assert len(result) == 2 and precisions == ["bf16", "bf16"]
+    assert {json.loads(r)["precision"] for r in result["recipe"]} == {"bf16"}
