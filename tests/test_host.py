@@ -18,9 +18,20 @@ def test_tune_sets_threads_and_reports_what_it_set(monkeypatch):
 
 
 def test_one_core_is_left_to_everything_else(monkeypatch):
-    for cores, threads in ((1, 1), (2, 1), (16, 15), (None, 1)):
-        monkeypatch.setattr(host.os, "cpu_count", lambda cores=cores: cores)
+    for cores, threads in ((1, 1), (2, 1), (16, 15)):
+        monkeypatch.setattr(host, "cores", lambda cores=cores: cores)
         assert host.default_threads() == threads
+        assert host.threads_per_worker(2) == max(1, cores // 2)
+
+
+def test_cores_are_the_ones_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(host.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(host.os, "cpu_count", lambda: 64)
+    assert host.cores() == 3  # a container's CPU set, not the host's 64
+    monkeypatch.delattr(host.os, "sched_getaffinity")
+    assert host.cores() == 64
+    monkeypatch.setattr(host.os, "cpu_count", lambda: None)
+    assert host.cores() == 1
 
 
 def test_an_explicit_omp_num_threads_wins(monkeypatch):
