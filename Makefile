@@ -29,8 +29,9 @@ WORKER_KEYS := NAME STORAGE WORKERS SMOKE RESULTS_DIR
 FINALIZE_KEYS := NAME K SEEDS DEVICE REFRESH SMOKE RESULTS_DIR
 REPRODUCE_KEYS := ENTRY N_SEEDS DEVICE SAVE THREADS RESULTS_DIR
 BENCH_KEYS := DEVICE EPOCHS QUICK MODELS ROWS SEED RESULTS_DIR
+BENCH_STUDY_KEYS := NAME TRIALS WORKERS DEVICE SEED SMOKE RESULTS_DIR
 
-.PHONY: help setup study worker finalize report reproduce promote leaderboard bench list test \
+.PHONY: help setup study worker finalize report reproduce promote leaderboard bench bench-study list test \
   test-full test-gpu lint clean
 
 help: ## show this help
@@ -41,6 +42,7 @@ help: ## show this help
 	@echo "finalize settings: NAME K SEEDS DEVICE REFRESH=1 SMOKE=1 RESULTS_DIR"
 	@echo "reproduce settings: ENTRY N_SEEDS=3 DEVICE=auto|cpu|cuda SAVE=1 THREADS RESULTS_DIR"
 	@echo "bench settings: DEVICE=auto|cpu|cuda EPOCHS QUICK=1 MODELS=a,b ROWS=a,b SEED RESULTS_DIR"
+	@echo "bench-study settings: NAME TRIALS=20 WORKERS=1,2 DEVICE SEED SMOKE=1 RESULTS_DIR"
 	@echo "PYTHON=python3 uses that interpreter instead of creating $(VENV)"
 
 setup: $(SETUP) ## create .venv and install the package with dev tools (idempotent)
@@ -75,6 +77,9 @@ leaderboard: $(SETUP) ## print the leaderboard table and write results/leaderboa
 
 bench: $(SETUP) ## seconds per epoch, tutorial pipeline vs harness: make bench [DEVICE= QUICK=1 EPOCHS= MODELS=]
 	$(PY) -m bench bench $(call env,$(BENCH_KEYS)) $(MAKEOVERRIDES)
+
+bench-study: $(SETUP) ## trials per minute, 1 vs more workers: make bench-study NAME=x [TRIALS=20 WORKERS=1,2]
+	$(PY) -m bench bench-study $(call env,$(BENCH_STUDY_KEYS)) $(MAKEOVERRIDES)
 
 list: $(SETUP) ## list registered models, optimizers, schedules and studies
 	$(PY) -m bench list

@@ -32,6 +32,7 @@ from bench import (
     speed,
     storage,
     study,
+    throughput,
     train,
 )
 from bench.data import DataError
@@ -124,6 +125,21 @@ BENCH_KEYS: dict[str, Callable[[str], Any]] = {
     "ROWS": _bench_rows, "SEED": _int, "RESULTS_DIR": _nonempty,
 }
 BENCH_EPOCHS = 3
+
+
+def _worker_counts(v: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(_positive_int(n.strip()) for n in v.split(","))
+    except ValueError:
+        raise ValueError("a comma-separated list of positive integers") from None
+    return counts
+
+
+BENCH_STUDY_KEYS: dict[str, Callable[[str], Any]] = {
+    "NAME": str, "TRIALS": _positive_int, "WORKERS": _worker_counts, "DEVICE": _device,
+    "SEED": _int, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
+}
+BENCH_STUDY_TRIALS = 20
 FINALIZE_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "K": _positive_int, "SEEDS": _positive_int, "DEVICE": _device,
     "REFRESH": _flag, "SMOKE": _flag, "RESULTS_DIR": _nonempty,
@@ -290,6 +306,20 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> None:
     console.print(f"results: {path}")
 
 
+def cmd_bench_study(args: argparse.Namespace, console: Console) -> None:
+    name, _, o = _named(args, BENCH_STUDY_KEYS)
+    device = train.resolve_device(o.get("device", "auto"))
+    default = study.default_workers(device)
+    cfg = throughput.Config(name=name, trials=o.get("trials", BENCH_STUDY_TRIALS),
+                            workers=o.get("workers", (1, default if default > 1 else 2)),
+                            device=device.type, seed=o.get("seed", 0),
+                            smoke=o.get("smoke", False),
+                            results_dir=Path(o.get("results_dir", "results")))
+    console.print(f"bench-study: {name}, {cfg.trials} trials on {device.type} with WORKERS="
+                  f"{', '.join(map(str, cfg.workers))}, one study command each")
+    console.print(f"results: {throughput.run(cfg, console)}")
+
+
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
     table = Table(title="registered models")
     for col in ("name", "family", "space", "description"):
@@ -326,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
          "print the leaderboard and write results/leaderboard.md", False),
         ("bench", cmd_bench, BENCH_KEYS,
          "seconds per epoch: the tutorial pipeline vs the harness", False),
+        ("bench-study", cmd_bench_study, BENCH_STUDY_KEYS,
+         "trials per minute of a study with 1 and with several workers", True),
     )
     for command, func, keys, text, named in commands:
         p = sub.add_parser(command, help=text)

@@ -60,6 +60,9 @@ def bench(*args, cwd=ROOT):
      "error: unknown setting 'TRIALS'; valid: NAME, K, SEEDS, DEVICE, REFRESH, SMOKE, "
      "RESULTS_DIR"),
     (["finalize", "nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["bench-study", "mlp_vs_cnn", "WORKERS=1,0"],
+     "error: WORKERS='1,0' is not valid: expected a comma-separated list of positive integers"),
+    (["bench-study", "nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
     (["report", "mlp_vs_cnn", "SEEDS=3"],
      "error: unknown setting 'SEEDS'; valid: NAME, SMOKE, RESULTS_DIR"),
 ])

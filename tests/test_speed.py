@@ -3,12 +3,14 @@
 import gzip
 import hashlib
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from rich.console import Console
 
-from bench import cli, data, host, speed, train
+from bench import cli, data, host, speed, store, throughput, train
 
 
 @pytest.fixture
@@ -111,3 +113,24 @@ def test_bench_on_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "error: device 'cuda' requested but torch sees no CUDA device" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_study_times_each_worker_count_on_the_same_trial_count(tiny_cli, tmp_path,
+                                                                     monkeypatch):
+    for key, value in tiny_cli.env.items():  # the tiny study, for the study commands it starts
+        monkeypatch.setenv(key, value)
+    cfg = throughput.Config(name="tiny", trials=4, workers=(1, 2), device="cpu", seed=0,
+                            smoke=False, results_dir=tmp_path / "r")
+    path = throughput.run(cfg, Console(quiet=True))
+    df = pd.read_parquet(path)
+    assert df["workers"].tolist() == [1, 2]
+    assert df["trials"].iloc[0] == 4 and 4 <= df["trials"].iloc[1] <= 5  # WORKERS - 1 over
+    assert df["speedup"].iloc[0] == 1.0 and (df["trials_per_minute"] > 0).all()
+    assert (df["trials_per_minute"] == df["trials"] / df["wall_seconds"] * 60).all()
+    for best, folder in zip(df["best_val_acc"], df["folder"], strict=True):
+        trials = pd.read_parquet(Path(folder) / "trials.parquet")
+        done = trials[trials["state"] == "COMPLETE"]
+        assert json.loads(best) == pytest.approx(done.groupby("family")["value"].max().to_dict())
+    roles = [[r["role"] for r in store.read_jsonl(Path(f) / "runs.jsonl")] for f in df["folder"]]
+    assert roles == [["study"], ["study", "worker"]]  # the second really ran two processes
+    assert set(df["precision"]) == {train.resolve_precision("auto", torch.device("cpu"))}
