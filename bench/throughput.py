@@ -3,8 +3,10 @@
 Each setting runs the whole study command (`python -m bench study NAME=... TRIALS=n TIMEOUT=0
 WORKERS=k`) in a fresh process, into a folder of its own, back to back; the wall time is that
 command's, so start-up, data loading, starting workers and writing the store all count. The same
-trial count makes the wall times comparable, and each family's best validation accuracy (never
-test) shows whether more workers cost the search anything.
+trial count makes the wall times comparable, though not equal work: workers' samplers draw other
+configurations (bigger or smaller models, more or fewer epochs before pruning), so compare over a
+few SEEDs; epochs per minute is shown beside trials per minute. Each family's best validation
+accuracy (never test) shows whether more workers cost the search anything.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def row(cfg: Config, workers: int, wall: float, folder: Path) -> dict:
         "study": cfg.name, "workers": workers, "trials": len(trials),
         "completed": len(done), "wall_seconds": wall,
         "trials_per_minute": len(trials) / wall * 60,
+        "epochs_per_minute": int(trials["epochs_run"].sum()) / wall * 60,
         "best_val_acc": json.dumps({f: round(float(v), 6) for f, v in best.items()}),
         "precision": run["config"]["precision"], "threads": run["threads"],
         "device": run["device"], "git_sha": run["git_sha"], "versions": run["versions"],
@@ -73,12 +76,14 @@ def row(cfg: Config, workers: int, wall: float, folder: Path) -> dict:
 def table(df: pd.DataFrame) -> Table:
     first = df.iloc[0]
     out = Table(title=f"study {first['study']}: {first['trials']} trials on {first['device']}")
-    for col in ("workers", "trials", "wall s", "trials/min", "vs first", "best val acc"):
+    for col in ("workers", "trials", "wall s", "trials/min", "epochs/min", "vs first",
+                "best val acc"):
         out.add_column(col, justify="left" if col == "best val acc" else "right")
     for r in df.itertuples():
         best = ", ".join(f"{f} {v:.2%}" for f, v in json.loads(r.best_val_acc).items())
         out.add_row(str(r.workers), str(r.trials), f"{r.wall_seconds:.1f}",
-                    f"{r.trials_per_minute:.1f}", f"{r.speedup:.2f}x", best)
+                    f"{r.trials_per_minute:.1f}", f"{r.epochs_per_minute:.1f}",
+                    f"{r.speedup:.2f}x", best)
     return out
 
 
