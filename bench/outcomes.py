@@ -33,8 +33,10 @@ def counts(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def stop_reason(t: optuna.trial.FrozenTrial) -> str:
-    """The objective records why a trial stopped; a FAIL without a record lost its process."""
-    if t.state == TrialState.FAIL and "stop_reason" not in t.user_attrs:
+    """The objective records why a trial stopped; a FAIL without a reason lost its process (or,
+    with a database, its heartbeat went silent past the grace period and another worker took the
+    trial over just after the objective recorded that it finished)."""
+    if t.state == TrialState.FAIL and not t.user_attrs.get("stop_reason"):
         return "killed"
     return t.user_attrs.get("stop_reason", "")
 

@@ -111,7 +111,7 @@ class TinyCli:
 def tiny_cli(tmp_path) -> TinyCli:
     """A sitecustomize.py on PYTHONPATH points every Python process the test starts, workers
     included, at the tiny files' checksums, at a studies folder holding only `tiny` (3 epochs a
-    trial), and at a 1 s heartbeat with a 3 s grace period, so crash tests take seconds."""
+    trial), and at a 1 s heartbeat with an 8 s grace period, so crash tests take seconds."""
     site = tmp_path / "site"
     md5 = write_mnist(site / "mnist", n_train=1000)
     (site / "studies").mkdir()
@@ -121,7 +121,7 @@ def tiny_cli(tmp_path) -> TinyCli:
         "from bench import cli, data, storage\n"
         f"data.MNIST_MD5 = {md5!r}\n"
         f"cli.STUDIES_DIR = Path({str(site / 'studies')!r})\n"
-        "storage.HEARTBEAT_S, storage.GRACE_S = 1, 3\n")
+        "storage.HEARTBEAT_S, storage.GRACE_S = 1, 8\n")  # 8: a loaded CI box stays alive
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}",
            "MNIST_DIR": str(site / "mnist"), "OMP_NUM_THREADS": "1"}
     return TinyCli(env, tmp_path / "results")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from bench import storage
+from bench import outcomes, storage
 
 PASSWORD = "s3cret-pw"
 
@@ -183,7 +183,7 @@ def test_two_workers_on_postgresql_one_killed_nothing_lost(tiny_cli, postgres):
         time.sleep(0.02)
     second.kill()
     _, second_err = second.communicate()
-    # The victim is what the kill left RUNNING (the other process fails it only after 3 s).
+    # The victim is what the kill left RUNNING (the other process fails it only after 8 s).
     victims = running_of_second()
     assert len(victims) == 1, second_err
     victim = victims[0]
@@ -210,3 +210,16 @@ def test_two_workers_on_postgresql_one_killed_nothing_lost(tiny_cli, postgres):
     for text in (early.stderr, out, err, second_err, *written):  # never shown, never stored
         assert PASSWORD not in (text if isinstance(text, str) else text.decode("latin-1"))
 
+
+
+def test_a_fail_without_a_reason_counts_as_killed():
+    def trial(state, **attrs):
+        return optuna.trial.create_trial(
+            state=state, user_attrs=attrs, params={}, distributions={},
+            value=0.5 if state == TrialState.COMPLETE else None)
+
+    assert outcomes.stop_reason(trial(TrialState.FAIL)) == "killed"
+    # the objective recorded a clean finish, then a silent heartbeat let another worker fail it
+    assert outcomes.stop_reason(trial(TrialState.FAIL, stop_reason="")) == "killed"
+    assert outcomes.stop_reason(trial(TrialState.FAIL, stop_reason="oom")) == "oom"
+    assert outcomes.stop_reason(trial(TrialState.COMPLETE, stop_reason="")) == ""
