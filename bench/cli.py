@@ -106,23 +106,20 @@ WORKER_KEYS: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _bench_models(v: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in v.split(","))
-    if not all(n in speed.CASES for n in names):
-        raise ValueError(f"a comma-separated list of {', '.join(speed.CASES)}")
-    return names
-
-
-def _bench_rows(v: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in v.split(","))
-    if not all(n in speed.PIPELINES for n in names):
-        raise ValueError(f"a comma-separated list of {', '.join(speed.PIPELINES)}")
-    return names
+def _names_in(choices: dict) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated list of keys of `choices`."""
+    def parse(v: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in v.split(","))
+        if not all(n in choices for n in names):
+            raise ValueError(f"a comma-separated list of {', '.join(choices)}")
+        return names
+    return parse
 
 
 BENCH_KEYS: dict[str, Callable[[str], Any]] = {
-    "DEVICE": _device, "EPOCHS": _positive_int, "QUICK": _flag, "MODELS": _bench_models,
-    "ROWS": _bench_rows, "SEED": _int, "RESULTS_DIR": _nonempty,
+    "DEVICE": _device, "EPOCHS": _positive_int, "QUICK": _flag,
+    "MODELS": _names_in(speed.CASES), "ROWS": _names_in(speed.PIPELINES), "SEED": _int,
+    "RESULTS_DIR": _nonempty,
 }
 BENCH_EPOCHS = 3
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from bench.data import Split
 
+PRECISIONS = ("fp32", "bf16")  # what a training step runs in (train.resolve_precision picks)
 WARMUP_STEPS = 3  # per step shape, before capture (the PyTorch CUDA-graph notes use 3)
 
 
@@ -73,8 +74,8 @@ def _optimizer_reads(optimizer: torch.optim.Optimizer, lrs: list[torch.Tensor]) 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """Forward and loss of a training step in `precision` ("fp32" or "bf16"); the weight casts
     are not cached, so a captured graph re-reads the weights the optimizer updates in place."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}; valid: fp32, bf16")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
                           cache_enabled=False)
 
@@ -83,6 +84,7 @@ def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, bu
              size: int, precision: str) -> Callable[[], None]:
     """One training step on the `size` images at the cursor: the body each graph captures."""
     offsets = torch.arange(size, device=buf.order.device)
+    cast = autocast(precision, data.x_train.device)
 
     def step() -> None:
         idx = buf.order.index_select(0, buf.cursor + offsets)
@@ -91,7 +93,7 @@ def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, bu
             lr.copy_(rates[j])
         buf.cursor.add_(size)
         buf.step.add_(1)
-        with autocast(precision, data.x_train.device):
+        with cast:
             loss = F.cross_entropy(model(data.x_train.index_select(0, idx)),
                                    data.y_train.index_select(0, idx))
         optimizer.zero_grad(set_to_none=True)  # capture then allocates grads the graph owns

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from pathlib import Path
 
 import torch
 
@@ -30,6 +31,14 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment for a `python -m bench...` child, with this checkout first on
+    PYTHONPATH, so the child imports this very code."""
+    here = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (here, os.environ.get("PYTHONPATH")) if p)}
 
 
 def default_threads() -> int:

@@ -246,11 +246,8 @@ def run_row(job: dict) -> dict:
 
 
 def _spawn(job: dict) -> dict:
-    here = str(Path(__file__).resolve().parent.parent)  # the child imports this very code
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run([sys.executable, "-m", "bench.speed"], input=json.dumps(job),
-                          capture_output=True, text=True, check=False, env=env)
+                          capture_output=True, text=True, check=False, env=host.child_env())
     for line in proc.stderr.splitlines():
         if line.startswith("warning: "):
             print(line, file=sys.stderr)

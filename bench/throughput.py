@@ -12,7 +12,6 @@ accuracy (never test) shows whether more workers cost the search anything.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from bench import store, study
+from bench import host, store, study
+from bench.tables import family_summary
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,12 @@ class Config:
 
 def _study(cfg: Config, workers: int, out: Path) -> float:
     """Run the study command once; returns its wall seconds."""
-    here = str(Path(__file__).resolve().parent.parent)  # the child imports this very code
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     cmd = [sys.executable, "-m", "bench", "study", f"NAME={cfg.name}", f"TRIALS={cfg.trials}",
            "TIMEOUT=0", f"WORKERS={workers}", f"DEVICE={cfg.device}", f"SEED={cfg.seed}",
            f"SMOKE={int(cfg.smoke)}", f"RESULTS_DIR={out}"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env=host.child_env())
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
@@ -59,11 +57,11 @@ def row(cfg: Config, workers: int, wall: float, folder: Path) -> dict:
     """One setting's outcome, from the store and the run record the study wrote."""
     trials = store.read(folder, "trials")
     run = store.last_study_run(folder)
-    done = trials[trials["state"] == "COMPLETE"]
-    best = done.groupby("family")["value"].max()
+    summary = family_summary(trials).set_index("family")
+    best = summary.get("best val acc", pd.Series(dtype=float)).dropna()
     return {
         "study": cfg.name, "workers": workers, "trials": len(trials),
-        "completed": len(done), "wall_seconds": wall,
+        "completed": int(summary["completed"].sum()), "wall_seconds": wall,
         "trials_per_minute": len(trials) / wall * 60,
         "epochs_per_minute": int(trials["epochs_run"].sum()) / wall * 60,
         "best_val_acc": json.dumps({f: round(float(v), 6) for f, v in best.items()}),
