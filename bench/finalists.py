@@ -19,21 +19,22 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from bench import data, provenance, store, study, train
+from bench import data, provenance, stats, store, study, train
 from bench.models import count_params
+from bench.tables import rich_table
 
 CODE = "bench.finalists"
 K, SEEDS = 2, 3  # default finalists per family and seeds per finalist
 MISCLASSIFIED_KEPT = 60  # per family winner, for the report's grid of misclassified digits
 
 FINALIST_COLUMNS = {
-    "family": "architecture family",
+    "family": "the study's family (a value of its scientific parameter)",
     "rank": "1 = the family's best trial on validation, 2 = the next, ...",
     "number": "the study trial the configuration comes from",
     "arch": "registered model name",
     "seed": "torch seed of this retraining run",
     "recipe": "the trial's training recipe (JSON), retrained as is",
-    "normalization": "input normalisation of the study",
+    "normalization": "input normalisation the trial trained on",
     "val_size": "validation images held out of the training split",
     "split_seed": "seed of the study's train/validation split",
     "split_hash": "sha256 prefix of the validation indices (matches trials.parquet)",
@@ -79,18 +80,26 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
     if target.is_file() and not refresh:
         console.print(f"{target} exists: reusing its test scores; the test split was not read "
                       "(REFRESH=1 retrains and scores again)")
-        return pd.read_parquet(target)
+        finalists = pd.read_parquet(target)
+        print_verdict(out, finalists, console)
+        return finalists
     trials = store.read(out, "trials")
     chosen = select(trials, k)
     if chosen.empty:
         raise ValueError(f"no completed trial in {out}/trials.parquet; run the study first")
+    for family in dict.fromkeys(trials["family"]):
+        if (n := int((chosen["family"] == family).sum())) < k:
+            console.print(f"{family}: only {n} completed trial{'s' * (n != 1)}, so {n} "
+                          f"finalist{'s' * (n != 1)} instead of K={k}")
     run = store.last_study_run(out)
     if not run:
         raise FileNotFoundError(f"no study at {out} (missing runs.jsonl); run the study first")
     split_seed, smoke = run["config"]["seed"], run["config"]["smoke"]
     val_size = study.SMOKE_VAL if smoke else definition.val_size
-    split = data.train_val(data.load_train(), val_size, split_seed, definition.normalization,
-                           device, study.SMOKE_SUBSET if smoke else None)
+    splits = study.splits_by_normalization(data.load_train(), val_size, split_seed, device,
+                                           study.SMOKE_SUBSET if smoke else None)
+    chosen["normalization"] = chosen["normalization"].fillna("mnist")  # stores from before it
+    split = splits(chosen["normalization"].iloc[0])
     expected = set(trials["split_hash"].dropna())
     if expected != {split.split_hash}:
         raise ValueError(f"the split rebuilt from {out}/runs.jsonl (hash {split.split_hash}) is "
@@ -100,7 +109,7 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
     store.log_test_access(out, CODE, f"load the test split to score finalists {names}",
                           {"k": k, "seeds": seeds})
     test = data.load_test()
-    x_test = data.to_inputs(test.images, definition.normalization, device)
+    x_tests = {n: data.to_inputs(test.images, n, device) for n in set(chosen["normalization"])}
     y_test = test.labels.to(device)
 
     rows, preds, table = [], [], _progress_table()
@@ -109,11 +118,13 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
         for i in range(seeds):
             seed = study.derive_seed("final", split_seed, r.family, r.number, i)
             train.seed_everything(seed)
+            split = splits(r.normalization)
             model, opt, sched = train.build(recipe, len(split.x_train), device)
             console.print(f"retraining {r.family} rank {r.rank} (trial {r.number}, {r.arch}) "
-                          f"seed {i + 1}/{seeds}: {recipe.epochs} epochs")
+                          f"seed {i + 1}/{seeds}: {recipe.epochs} epoch"
+                          f"{'s' * (recipe.epochs != 1)}")
             row = {"family": r.family, "rank": r.rank, "number": r.number, "arch": r.arch,
-                   "seed": seed, "recipe": r.recipe, "normalization": definition.normalization,
+                   "seed": seed, "recipe": r.recipe, "normalization": r.normalization,
                    "val_size": val_size, "split_seed": split_seed,
                    "split_hash": split.split_hash, "trial_val_acc": r.value,
                    "params_count": count_params(model), "device": prov["device"],
@@ -127,7 +138,7 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
                 continue
             store.log_test_access(out, CODE, f"score finalist {r.family} rank {r.rank}",
                                   {"number": r.number, **recipe.to_dict()}, seed)
-            pred, loss = train.predict(model, x_test, y_test)
+            pred, loss = train.predict(model, x_tests[r.normalization], y_test)
             pred = pred.cpu().numpy()
             rows.append({**row, "val_acc": hist[-1]["val_acc"],
                          "test_acc": float((pred == test.labels.numpy()).mean()),
@@ -145,7 +156,20 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
     store.write_parquet(out / "misclassified.parquet", _misclassified(predictions, test.images))
     store.write_parquet(target, finalists)  # last: its presence means the set is complete
     console.print(table)
+    print_verdict(out, finalists, console)
     return finalists
+
+
+def print_verdict(out: Path, finalists: pd.DataFrame, console: Console) -> None:
+    """The test verdict for the terminal, as the report shows it: every family against the
+    best on validation, paired on the same images, Holm-adjusted."""
+    if finalists["family"].nunique() < 2 or finalists["test_acc"].notna().sum() == 0:
+        return
+    verdicts, line = stats.family_verdicts(finalists,
+                                           pd.read_parquet(out / "test_predictions.parquet"))
+    console.print(rich_table(verdicts, "Test verdict (rank-1 finalists; gap = family − "
+                                       "reference, 95% paired bootstrap CI, Holm-adjusted p)"))
+    console.print(line, markup=False)
 
 
 def _misclassified(predictions: pd.DataFrame, images: torch.Tensor) -> pd.DataFrame:

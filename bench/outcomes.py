@@ -63,6 +63,7 @@ def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
                                           "split_hash", "space_hash")},
                 "datetime_start": t.datetime_start,
                 "recipe": json.dumps(ua["recipe"], sort_keys=True) if "recipe" in ua else None,
+                "normalization": ua.get("normalization"),
                 **{f"param_{k}": v for k, v in t.params.items()},
             })
             epochs += [{"family": family, "number": t.number, **h} for h in hist]

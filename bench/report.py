@@ -20,10 +20,19 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from bench import stats, store
-from bench.tables import comparison, family_summary
+from bench.tables import comparison, family_summary, human
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 CUT = "#b0b0b0"  # trials stopped early (pruned or out of budget)
+ERROR_FLOOR = 0.01  # %: one image in 10,000; a perfect score is drawn there on the log axis
+ERROR_AXIS = "validation error (%, log scale)"
+MIN_IMPORTANCE_TRIALS = 10  # completed trials a family's importances need before they are shown
+
+
+def error(acc: pd.Series | float) -> pd.Series | float:
+    """Accuracy -> error rate in %, floored for the log axis: around 99% accuracy the trials
+    that matter differ by tenths of a percent, which a 0-1 accuracy axis squashes into a line."""
+    return np.maximum((1 - acc) * 100, ERROR_FLOOR)
 
 
 def colors(families: list[str]) -> dict[str, str]:
@@ -49,20 +58,23 @@ def history_figure(trials: pd.DataFrame) -> go.Figure:
         done = df["state"] == "COMPLETE"
         best = df["value"].where(done).cummax().ffill()
         for c, x in enumerate((df["number"], seconds), start=1):
-            fig.add_scatter(x=x[done], y=df["value"][done], mode="markers", row=1, col=c,
+            fig.add_scatter(x=x[done], y=error(df["value"][done]), mode="markers", row=1, col=c,
                             name=f"{family} completed", legendgroup=family, showlegend=c == 1,
                             marker={"color": col[family], "size": 6})
-            fig.add_scatter(x=x[~done], y=df["final_val_acc"][~done], mode="markers", row=1,
+            fig.add_scatter(x=x[~done], y=error(df["final_val_acc"][~done]), mode="markers",
+                            row=1,
                             col=c, name=f"{family} stopped early (last val acc)",
                             legendgroup=family, showlegend=c == 1,
                             marker={"color": col[family], "size": 6, "symbol": "x-thin-open"})
-            fig.add_scatter(x=x, y=best, mode="lines", line={"color": col[family], "shape": "hv"},
+            fig.add_scatter(x=x, y=error(best), mode="lines",
+                            line={"color": col[family], "shape": "hv"},
                             row=1, col=c, name=f"{family} best so far", legendgroup=family,
                             showlegend=c == 1)
     fig.update_xaxes(title_text="trial number", row=1, col=1)
     fig.update_xaxes(title_text="seconds", row=1, col=2)
-    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
-    return fig.update_layout(title="Optimisation history (validation)")
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text=ERROR_AXIS, row=1, col=1)
+    return fig.update_layout(title="Optimisation history (validation error; lower is better)")
 
 
 def curves_figure(trials: pd.DataFrame, epochs: pd.DataFrame, top: int = 5) -> go.Figure:
@@ -82,8 +94,8 @@ def curves_figure(trials: pd.DataFrame, epochs: pd.DataFrame, top: int = 5) -> g
         e = epochs[epochs["family"] == family]
         for number in cut:
             h = e[e["number"] == number]
-            fig.add_scatter(x=h["epoch"], y=h["val_acc"], mode="lines+markers", row=1, col=c,
-                            line={"color": CUT, "width": 1},
+            fig.add_scatter(x=h["epoch"], y=error(h["val_acc"]), mode="lines+markers", row=1,
+                            col=c, line={"color": CUT, "width": 1},
                             marker={"symbol": ["circle"] * (len(h) - 1) + ["x"],
                                     "size": [3] * (len(h) - 1) + [9], "color": CUT},
                             name="stopped early (x = cut)", legendgroup="cut",
@@ -91,11 +103,12 @@ def curves_figure(trials: pd.DataFrame, epochs: pd.DataFrame, top: int = 5) -> g
             legend = True
         for rank, number in enumerate(best, start=1):
             h = e[e["number"] == number]
-            fig.add_scatter(x=h["epoch"], y=h["val_acc"], mode="lines+markers", row=1, col=c,
-                            line={"color": col[family], "width": 3 if rank == 1 else 1.5},
+            fig.add_scatter(x=h["epoch"], y=error(h["val_acc"]), mode="lines+markers", row=1,
+                            col=c, line={"color": col[family], "width": 3 if rank == 1 else 1.5},
                             name=f"{family} #{number} (rank {rank})")
         fig.update_xaxes(title_text="epoch", row=1, col=c)
-    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text=ERROR_AXIS, row=1, col=1)
     return fig.update_layout(title=f"Learning curves: top {top} per family and the pruned trials")
 
 
@@ -161,18 +174,132 @@ def cost_figure(trials: pd.DataFrame) -> go.Figure:
                         subplot_titles=("train seconds", "parameters"))
     for c, cost in enumerate(("wall_seconds", "params_count"), start=1):
         for family, df in done.groupby("family", sort=False):
-            fig.add_scatter(x=df[cost], y=df["value"], mode="markers", row=1, col=c,
+            fig.add_scatter(x=df[cost], y=error(df["value"]), mode="markers", row=1, col=c,
                             name=family, legendgroup=family, showlegend=c == 1,
                             marker={"color": col[family], "size": 7, "opacity": 0.7},
                             hovertext=[f"{family} #{n}" for n in df["number"]])
         front = done[pareto_front(done[cost], done["value"])].sort_values(cost)
-        fig.add_scatter(x=front[cost], y=front["value"], mode="lines+markers", row=1, col=c,
+        fig.add_scatter(x=front[cost], y=error(front["value"]), mode="lines+markers", row=1,
+                        col=c,
                         name="Pareto front", legendgroup="pareto", showlegend=c == 1,
                         line={"color": "black", "shape": "hv", "dash": "dot"},
                         marker={"symbol": "diamond-open", "size": 12, "color": "black"})
         fig.update_xaxes(type="log", title_text=cost.replace("_", " "), row=1, col=c)
-    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
-    return fig.update_layout(title="Accuracy against cost (validation)")
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text=ERROR_AXIS, row=1, col=1)
+    return fig.update_layout(title="Error against cost (validation)")
+
+
+def scientific_axis(families: dict[str, dict] | None, names: list[str]) -> tuple[str, dict]:
+    """(axis title, family -> x value) for the study's scientific parameter.
+
+    When every family narrows the same one field to one number (`{"batch_size": (256,)}`), the
+    axis is that field and numeric; otherwise the families are categories, in study order.
+    """
+    fields = {tuple(f) for f in (families or {}).values()}
+    if families and len(fields) == 1 and len(key := next(iter(fields))) == 1:
+        values = {n: families[n][key[0]] for n in names if n in families}
+        if all(isinstance(v, list | tuple) and len(v) == 1 and isinstance(v[0], int | float)
+               and not isinstance(v[0], bool) for v in values.values()):
+            return key[0].replace("_", " "), {n: v[0] for n, v in values.items()}
+    return "family", {n: n for n in names}
+
+
+def scientific_figure(trials: pd.DataFrame, finalists: pd.DataFrame | None, title: str,
+                      x: dict) -> go.Figure:
+    """The answer at a glance: per family, the best trial's validation error and, once
+    finalized, the rank-1 finalist's test error (mean ± std over its seeds)."""
+    best = trials[trials["state"] == "COMPLETE"].groupby("family")["value"].max()
+    order = [f for f in x if f in best.index]
+    numeric = title != "family"
+    if numeric:
+        order.sort(key=lambda f: x[f])
+    xs = [x[f] for f in order]
+    fig = go.Figure()
+    fig.add_scatter(x=xs, y=[error(best[f]) for f in order], mode="lines+markers" if numeric
+                    else "markers", name="best trial, validation", text=order,
+                    marker={"size": 10, "color": PALETTE[0]})
+    if finalists is not None and finalists["test_acc"].notna().any():
+        first = finalists[(finalists["rank"] == 1) & finalists["test_acc"].notna()]
+        acc = first.groupby("family")["test_acc"]
+        mean, std = acc.mean(), acc.std(ddof=1).fillna(0)
+        shown = [f for f in order if f in mean.index]
+        fig.add_scatter(x=[x[f] for f in shown], y=[error(mean[f]) for f in shown],
+                        error_y={"type": "data", "array": [std[f] * 100 for f in shown]},
+                        mode="lines+markers" if numeric else "markers", text=shown,
+                        name="rank-1 finalist, test (mean ± std over seeds)",
+                        marker={"size": 10, "symbol": "diamond", "color": PALETTE[1]})
+    log_x = numeric and min(xs) > 0 and max(xs) / min(xs) >= 8
+    fig.update_xaxes(title_text=title, type="log" if log_x else None,
+                     tickvals=xs if numeric else None)
+    fig.update_yaxes(type="log", title_text="error (%, log scale)")
+    return fig.update_layout(title=f"The answer: error by {title} (lower is better)")
+
+
+def lr_scaling_figure(trials: pd.DataFrame, x: dict) -> tuple[go.Figure, float]:
+    """The best trial's learning rate against batch size on log-log axes, with the fitted
+    slope: 1 is linear scaling (Goyal et al. 2017), 0.5 square-root scaling."""
+    done = trials[trials["state"] == "COMPLETE"]
+    best = done.loc[done.groupby("family")["value"].idxmax()]
+    best = best.assign(bs=best["family"].map(x).astype(float)).sort_values("bs")
+    slope, intercept = np.polyfit(np.log(best["bs"]), np.log(best["param_lr"]), 1)
+    fig = go.Figure()
+    fig.add_scatter(x=done["family"].map(x), y=done["param_lr"], mode="markers",
+                    name="completed trials", marker={"color": CUT, "size": 6})
+    fig.add_scatter(x=best["bs"], y=best["param_lr"], mode="markers", name="best trial",
+                    marker={"color": PALETTE[0], "size": 11})
+    fig.add_scatter(x=best["bs"], y=np.exp(intercept) * best["bs"] ** slope, mode="lines",
+                    name=f"fit: lr ∝ batch size^{slope:.2f}", line={"dash": "dot"})
+    fig.update_xaxes(type="log", title_text="batch size", tickvals=list(best["bs"]))
+    fig.update_yaxes(type="log", title_text="learning rate")
+    return fig.update_layout(title=f"Best learning rate against batch size: slope {slope:.2f} "
+                                   "(1 = linear scaling, 0.5 = square root)"), float(slope)
+
+
+def leaderboard_rows(results_dir: Path, finalists: pd.DataFrame | None,
+                     trials: pd.DataFrame) -> pd.DataFrame | None:
+    """Families named after leaderboard entries: the recipe as reproduced beside its tuned
+    version (what the tutorial left on the table); None when nothing matches."""
+    path = results_dir / "leaderboard.parquet"
+    if not path.is_file():
+        return None
+    board = pd.read_parquet(path)
+    families = _families(trials)
+    board = board[board["entry"].isin(families)]
+    if board.empty:
+        return None
+    best = trials[trials["state"] == "COMPLETE"].groupby("family")["value"].max()
+    rows = []
+    for family in families:
+        runs = board[board["entry"] == family]
+        if runs.empty:
+            continue
+        row = {"family (entry)": family, "recipe scored on": f"{runs['eval_on'].iloc[0]} "
+               f"({runs['metric'].iloc[0]})", "recipe acc": runs["acc"].mean(),
+               "recipe acc std": runs["acc"].std(ddof=1) if len(runs) > 1 else np.nan,
+               "recipe seeds": len(runs), "tuned best val acc": best.get(family, np.nan)}
+        if finalists is not None and finalists["test_acc"].notna().any():
+            tuned = finalists[(finalists["family"] == family) & (finalists["rank"] == 1)]
+            row |= {"tuned test acc": tuned["test_acc"].mean(),
+                    "tuned test acc std": tuned["test_acc"].std(ddof=1)}
+            row["gain pp"] = (row["tuned test acc"] - row["recipe acc"]) * 100
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def importance_parts(importances: pd.DataFrame | None,
+                     trials: pd.DataFrame) -> list[str | go.Figure]:
+    """Importances only for families with enough completed trials, saying how many each rests
+    on: from a handful of trials they are noise drawn as bars."""
+    done = trials[trials["state"] == "COMPLETE"].groupby("family").size()
+    counts = ", ".join(f"{f} {done.get(f, 0)}" for f in _families(trials))
+    note = (f"<p>Parameter importances (Optuna's default evaluator, validation objective) rest "
+            f"on each family's completed trials: {html.escape(counts)}. Families with fewer "
+            f"than {MIN_IMPORTANCE_TRIALS} are not shown.</p>")
+    if importances is None or importances.empty:
+        return [note]
+    kept = importances[importances["family"].map(done).fillna(0) >= MIN_IMPORTANCE_TRIALS]
+    return [note, importance_figure(kept)] if len(kept) else [note]
 
 
 # --- finalists: the only test numbers ------------------------------------------------------------
@@ -194,19 +321,6 @@ def finalist_summary(finalists: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def correctness(predictions: pd.DataFrame, family: str, rank: int = 1) -> np.ndarray:
-    """Boolean (seeds, images) array of a finalist's right answers, seeds in run order."""
-    df = predictions[(predictions["family"] == family) & (predictions["rank"] == rank)]
-    return np.stack([(g.sort_values("index")["pred"] == g.sort_values("index")["label"])
-                     .to_numpy() for _, g in df.groupby("seed", sort=False)])
-
-
-def winner(finalists: pd.DataFrame) -> str:
-    """The family whose best-on-validation finalist has the higher mean test accuracy."""
-    firsts = finalists[finalists["rank"] == 1].groupby("family", sort=False)["test_acc"].mean()
-    return str(firsts.idxmax())
-
-
 def confusion_figure(predictions: pd.DataFrame, family: str) -> go.Figure:
     """Confusion counts of a family's rank-1 finalist on test, summed over its seeds."""
     df = predictions[(predictions["family"] == family) & (predictions["rank"] == 1)]
@@ -217,7 +331,7 @@ def confusion_figure(predictions: pd.DataFrame, family: str) -> go.Figure:
                                colorscale="Blues", text=counts.to_numpy(),
                                texttemplate="%{text}", zmax=max(1, 60 * seeds)))
     return fig.update_layout(
-        title=f"{family} (winner): test confusion, {seeds} seeds summed",
+        title=f"{family} (best on validation): test confusion, {seeds} seeds summed",
         xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
         height=520, width=620)
 
@@ -238,15 +352,15 @@ def misclassified_figure(mis: pd.DataFrame, family: str, limit: int = 40) -> go.
                                                        "</extra>")
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-    return fig.update_layout(title=f"{family} (winner): misclassified test digits, "
+    return fig.update_layout(title=f"{family} (best on validation): misclassified test digits, "
                                    "true → predicted", height=120 * rows + 80)
 
 
 # --- page ----------------------------------------------------------------------------------------
 
 def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, escape=True, na_rep="–", float_format=lambda v: f"{v:.4g}",
-                      border=0, classes="t")
+    """Numbers formatted for people (tables.human), text escaped."""
+    return human(df).to_html(index=False, escape=True, border=0, classes="t")
 
 
 def _optional(out: Path, table: str) -> pd.DataFrame | None:
@@ -263,20 +377,17 @@ def test_section(out: Path, name: str) -> tuple[list[str | go.Figure], str]:
                  "chosen on validation and scores them once on test.</p>"], "")
     predictions = pd.read_parquet(out / "test_predictions.parquet")
     summary = finalist_summary(finalists)
-    best = winner(finalists)
+    best = stats.best_on_validation(finalists)
+    verdicts, verdict = stats.family_verdicts(finalists, predictions)
     parts: list[str | go.Figure] = [
         "<p>Each family's top trials on <b>validation</b> were retrained on the same training "
         "split with several seeds; each run was scored once on the 10,000 test images. "
-        "No other configuration was scored on test.</p>", _table(summary)]
-    verdict = ""
-    mean = summary[summary["rank"] == 1].set_index("family")["test acc mean"]
-    for other in [f for f in _families(finalists) if f != best]:
-        p = stats.paired(correctness(predictions, best), correctness(predictions, other))
-        verdict = (f"test: {best} {mean[best]:.2%} vs {other} {mean[other]:.2%}, gap "
-                   f"{p.gap * 100:+.2f} pp (95% paired bootstrap CI {p.low * 100:+.2f} to "
-                   f"{p.high * 100:+.2f} pp; McNemar p ≤ {p.p_value:.2g} with {p.a_only:.0f} vs "
-                   f"{p.b_only:.0f} images only one of them gets right): {p.verdict(best, other)}")
-        parts.append(f"<p class='answer'>{html.escape(verdict)}</p>")
+        "No other configuration was scored on test.</p>", _table(summary),
+        f"<p>The family best on validation ({html.escape(best)}) against every other family's "
+        "rank-1 finalist, paired on the same test images: gap = family − reference in "
+        "percentage points with its 95% paired-bootstrap interval; p = the largest exact "
+        "McNemar p over seed pairs, Holm-adjusted across the comparisons.</p>",
+        _table(verdicts), f"<p class='answer'>{html.escape(verdict)}</p>"]
     mis = _optional(out, "misclassified")
     parts += [confusion_figure(predictions, best)]
     if mis is not None and len(mis):
@@ -348,14 +459,22 @@ def build(out: Path, name: str) -> Path:
     test_parts, verdict = test_section(out, name)
     answer = [comparison(trials), verdict]
     done = trials[trials["state"] == "COMPLETE"]
-    space_parts: list[str | go.Figure] = []
-    if importances is not None and len(importances):
-        space_parts.append(importance_figure(importances))
+    finalists = _optional(out, "finalists")
+    title, x = scientific_axis(run.get("families"), _families(trials))
+    glance: list[str | go.Figure] = [scientific_figure(trials, finalists, title, x)] if len(
+        done) else []
+    if title == "batch size" and done["family"].nunique() >= 2:
+        glance.append(lr_scaling_figure(trials, x)[0])
+    if (board := leaderboard_rows(out.parent, finalists, trials)) is not None:
+        glance += ["<p>Families named after leaderboard entries: each recipe as reproduced by "
+                   "<code>make reproduce</code> (its own scoring, fixed training) beside its "
+                   "architecture with the training tuned here.</p>", _table(board)]
+    space_parts = importance_parts(importances, trials)
     space_parts += [parallel_figure(trials, f) for f, n in done["family"].value_counts(
         sort=False).items() if n >= 3]  # fewer lines than that show nothing
     sections = [
         ("Question", [f"<pre>{html.escape(run.get('question', ''))}</pre>"]
-         + [f"<p class='answer'>{html.escape(a)}</p>" for a in answer if a]),
+         + [f"<p class='answer'>{html.escape(a)}</p>" for a in answer if a] + glance),
         ("Per family (validation)", [_table(family_summary(trials))]),
         ("Optimisation history", [history_figure(trials)]),
         ("Learning curves", [curves_figure(trials, epochs)]),

@@ -1,19 +1,21 @@
 """Search space: which ranges a study puts in play, and how a trial samples a full Recipe.
 
 Architectures and optimizers sample their own knobs (their spaces sit beside their factories in
-`models` and `optim`); this module adds what every trial shares: batch size, learning rate (log),
-epochs, optimizer, schedule and weight decay. A study narrows any of them by name.
+`models` and `optim`); this module adds what every trial shares: architecture, batch size,
+learning rate (log), epochs, optimizer, schedule, weight decay and input normalisation. A study
+narrows any of them by name, and a family (`narrow`) narrows the study's space further: the value
+of the study's scientific parameter, everything it leaves open tuned as a nuisance parameter.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
 
-from bench import models, optim
+from bench import data, models, optim
 from bench.train import Recipe
 
 
@@ -44,8 +46,13 @@ def _check_names(kind: str, names: tuple[str, ...], valid: list[str]) -> None:
 
 @dataclass(frozen=True)
 class Space:
-    """Ranges for one study; `*_ranges` map a registered name to keyword ranges of its space."""
+    """Ranges for one study; `*_ranges` map a registered name to keyword ranges of its space.
 
+    Tuples of names or values are choices; (low, high) pairs of lr, epochs and weight decay are
+    ranges. `normalization` names `data.NORMALIZATIONS`; with several, a trial samples one.
+    """
+
+    archs: tuple[str, ...] = ("mlp", "cnn")
     batch_size: tuple[int, ...] = (64, 128, 256, 512)
     lr: tuple[float, float] = (1e-4, 1e-1)
     epochs: tuple[int, int] = (2, 10)
@@ -55,10 +62,18 @@ class Space:
     arch_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     optimizer_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     schedule_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
+    normalization: tuple[str, ...] = ("mnist",)
 
-    def validate(self, archs: tuple[str, ...]) -> None:
+    def validate(self) -> None:
         """Raise SpaceError naming the bad value and the valid choices."""
+        for name in CHOICES:
+            if not isinstance(getattr(self, name), tuple):
+                raise SpaceError(f"{name} must be a tuple of choices, e.g. "
+                                 f"{name}={getattr(Space(), name)!r}; got "
+                                 f"{getattr(self, name)!r}")
+        archs = self.archs
         _check_names("architecture", archs, models.list_models())
+        _check_names("normalization", self.normalization, list(data.NORMALIZATIONS))
         _check_names("optimizer", self.optimizers, sorted(optim.OPTIMIZERS))
         _check_names("schedule", self.schedules, sorted(optim.SCHEDULES))
         spaces = {**{a: models.get_model(a).space for a in archs},
@@ -83,9 +98,15 @@ class Space:
         _check_range("epochs", *self.epochs)
         _check_range("weight_decay", *self.weight_decay)
 
-    def sample(self, trial: optuna.Trial, archs: tuple[str, ...]) -> Recipe:
-        """Define-by-run: every name a trial suggests is prefixed by what owns it."""
+    def sample(self, trial: optuna.Trial) -> Recipe:
+        """Define-by-run: every name a trial suggests is prefixed by what owns it.
+
+        The input normalisation is data, not part of the Recipe: `normalization_of` reads it.
+        """
+        archs = self.archs
         arch = trial.suggest_categorical("arch", list(archs)) if len(archs) > 1 else archs[0]
+        if len(self.normalization) > 1:
+            trial.suggest_categorical("normalization", list(self.normalization))
         entry = models.get_model(arch)
         arch_kwargs = entry.space(trial, **self.arch_ranges.get(arch, {})) if entry.space else {}
         opt = trial.suggest_categorical("optimizer", list(self.optimizers))
@@ -105,3 +126,81 @@ class Space:
                                                  **self.schedule_ranges.get(sched, {})),
         )
 
+
+
+    def normalization_of(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
+        """The input normalisation a trial trains on: sampled, or the space's only one."""
+        return trial.params.get("normalization", self.normalization[0])
+
+
+CHOICES = ("archs", "optimizers", "schedules", "batch_size", "normalization")
+INTERVALS = ("lr", "epochs", "weight_decay")
+RANGES = {"arch_ranges": ("archs", models.get_model),
+          "optimizer_ranges": ("optimizers", lambda n: optim.OPTIMIZERS[n]),
+          "schedule_ranges": ("schedules", lambda n: optim.SCHEDULES[n])}
+
+
+def _default_ranges(entry: Any) -> dict[str, Any]:
+    """The ranges a registered space function samples when a study narrows none of them."""
+    if not entry.space:
+        return {}
+    return {k: p.default for k, p in list(inspect.signature(entry.space).parameters.items())[1:]}
+
+
+def _within(what: str, value: Any, allowed: Any, choices: bool = False) -> None:
+    """`value` must narrow `allowed`: a sub-interval of an interval, a subset of choices."""
+    if not choices and _is_interval(allowed):
+        if not _is_interval(value) or not allowed[0] <= value[0] <= value[1] <= allowed[1]:
+            raise SpaceError(f"{what}={value!r} is not a range inside the study's {allowed!r}")
+        return
+    if not isinstance(value, tuple) or not value:
+        raise SpaceError(f"{what} must be a non-empty tuple of choices from {tuple(allowed)!r}; "
+                         f"got {value!r}")
+    if outside := [v for v in value if v not in allowed]:
+        raise SpaceError(f"{what}: {outside[0]!r} is not among the study's choices "
+                         f"{tuple(allowed)!r}")
+
+
+def narrow(space: Space, family: str, fields: Any) -> Space:
+    """The study's space narrowed by one family's fields; refuses anything it does not allow.
+
+    Any Space field may be narrowed: choices to a subset (`{"optimizers": ("sgd",)}`), ranges to
+    a sub-range (`{"lr": (1e-3, 1e-2)}`), and a registered space's ranges by name
+    (`{"arch_ranges": {"mlp": {"batch_norm": (True,)}}}`).
+    """
+    example = "e.g. {'archs': ('mlp',)}"
+    if not isinstance(fields, dict):
+        raise SpaceError(f"family {family!r} must be a dict of the Space fields it narrows, "
+                         f"{example}; got {fields!r}")
+    valid = [*CHOICES, *INTERVALS, *RANGES]
+    changes: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key not in valid:
+            raise SpaceError(f"family {family!r}: unknown field {key!r}; valid: "
+                             f"{', '.join(valid)}")
+        if key == "archs" and value == ():
+            raise SpaceError(f"family {family!r} has no architecture; choose from "
+                             f"{space.archs!r}")
+        if key in CHOICES or key in INTERVALS:
+            _within(f"family {family!r}: {key}", value, getattr(space, key), key in CHOICES)
+            changes[key] = value
+            continue
+        owners, lookup = RANGES[key]
+        if not isinstance(value, dict):
+            raise SpaceError(f"family {family!r}: {key} must map names to ranges, e.g. "
+                             "{'mlp': {'batch_norm': (True,)}}; got " + repr(value))
+        merged = dict(getattr(space, key))
+        for name, ranges in value.items():
+            in_play = fields.get(owners, getattr(space, owners))
+            if name not in in_play:
+                raise SpaceError(f"family {family!r}: {key} names {name!r}, which is not in "
+                                 f"play; in play: {', '.join(in_play)}")
+            allowed = {**_default_ranges(lookup(name)), **getattr(space, key).get(name, {})}
+            for k, v in ranges.items():
+                if k not in allowed:
+                    raise SpaceError(f"family {family!r}: {name} has no range {k!r}; valid: "
+                                     f"{', '.join(allowed) or '(none)'}")
+                _within(f"family {family!r}: {key}.{name}.{k}", v, allowed[k])
+            merged[name] = {**merged.get(name, {}), **ranges}
+        changes[key] = merged
+    return replace(space, **changes)

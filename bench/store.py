@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 TRIAL_COLUMNS = {
-    "family": "architecture family (the scientific parameter); one Optuna sub-study each",
+    "family": "the study's family (a value of its scientific parameter); one Optuna sub-study "
+              "each",
     "number": "trial number within the family's sub-study",
     "state": "COMPLETE, PRUNED, FAIL or RUNNING",
     "arch": "registered model name",
@@ -38,9 +39,10 @@ TRIAL_COLUMNS = {
     "versions": "python and package versions",
     "data_md5": "uncompressed MD5 of each MNIST file read (JSON)",
     "split_hash": "sha256 prefix of the validation indices",
-    "space_hash": "sha256 prefix of the search space, families, normalisation and split size",
+    "space_hash": "sha256 prefix of every family's search space and the split size",
     "datetime_start": "when the trial started",
     "recipe": "the full training recipe (JSON of train.Recipe): what finalists retrain",
+    "normalization": "input normalisation the trial trained on (data.NORMALIZATIONS)",
 }
 EPOCH_COLUMNS = {
     "family": "as in trials.parquet",

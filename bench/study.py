@@ -1,6 +1,7 @@
 """Optuna study runner: storage, samplers, pruners, objective, equal budgets per family.
 
-A study file declares a `Study`. Each architecture family (the scientific parameter) gets its own
+A study file declares a `Study`. Each family (a value of the scientific parameter, written as the
+Space fields it narrows: `{"optimizers": ("sgd",)}`, `{"archs": ("cnn",)}`) gets its own
 Optuna sub-study in one storage (`bench.storage`: a journal under results/<name>/, or a database),
 with its own seeded sampler, and the runner hands trials to whichever family has used the smallest
 share of its budget, so every family gets the same number of trials or the same seconds. Worker
@@ -22,11 +23,13 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
+import pandas as pd
 import torch
 from optuna.trial import TrialState
 from rich.console import Console
@@ -35,7 +38,7 @@ from rich.progress import Progress
 from bench import data, host, optim, provenance, storage, store, train
 from bench.models import count_params
 from bench.outcomes import FAILED, check_failures, counts, frames, importances, stop_reason
-from bench.space import Space, SpaceError
+from bench.space import Space, SpaceError, narrow
 from bench.tables import comparison, config_table, progress_bars, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
@@ -54,10 +57,14 @@ class TrialFailed(Exception):
 
 @dataclass(frozen=True)
 class Study:
-    """What a study file declares: its question, families, ranges, budget, sampler and pruner."""
+    """What a study file declares: its question, families, ranges, budget, sampler and pruner.
+
+    `families` maps a family name to the Space fields it narrows (`space.narrow`); whatever a
+    family leaves open is a nuisance parameter, tuned with the same budget in every family.
+    """
 
     question: str
-    families: dict[str, tuple[str, ...]]
+    families: dict[str, dict[str, Any]]
     space: Space
     cpu_space: Space | None = None
     trials: dict[str, int] = field(default_factory=lambda: {"cpu": 100, "cuda": 100})
@@ -67,7 +74,6 @@ class Study:
     pruner: Callable[[int], optuna.pruners.BasePruner] = (
         lambda max_epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
     val_size: int = 10_000
-    normalization: str = "mnist"
 
 
 @dataclass(frozen=True)
@@ -134,17 +140,28 @@ def space_for(study: Study, cfg: RunConfig) -> Space:
     return replace(space, epochs=(1, 2)) if cfg.smoke else space
 
 
-def validate(study: Study, cfg: RunConfig) -> Space:
+def family_spaces(study: Study, space: Space) -> dict[str, Space]:
+    """Each family's narrowing of `space`, refused in one line when it cannot be compared."""
+    if not isinstance(study.families, dict) or len(study.families) < 2:
+        raise SpaceError(f"a study compares at least two families; got {study.families!r}")
+    space.validate()
+    spaces = {f: narrow(space, f, fields) for f, fields in study.families.items()}
+    seen: dict[str, str] = {}
+    for family, narrowed in spaces.items():
+        key = json.dumps(asdict(narrowed), sort_keys=True, default=str)
+        if key in seen:
+            raise SpaceError(f"families {seen[key]!r} and {family!r} are the same space; "
+                             "a family must narrow some field to a value of its own")
+        seen[key] = family
+    return spaces
+
+
+def validate(study: Study, cfg: RunConfig) -> dict[str, Space]:
     """Everything that can be wrong with a study before any file is written."""
-    space = space_for(study, cfg)
-    for family, archs in study.families.items():
-        if not archs:
-            raise SpaceError(f"family {family!r} has no architectures")
-    space.validate(tuple(a for archs in study.families.values() for a in archs))
-    data.check_normalization(study.normalization)
+    spaces = family_spaces(study, space_for(study, cfg))
     if cfg.trials <= 0:
         raise ValueError(f"TRIALS={cfg.trials} must be > 0")
-    return space
+    return spaces
 
 
 def derive_seed(*parts: object) -> int:
@@ -152,10 +169,10 @@ def derive_seed(*parts: object) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-def _space_hash(space: Space, study: Study, precision: str) -> str:
-    """What a continued study must share: ranges, families, normalisation, split size and the
-    training precision (a study is not continued in another one)."""
-    spec = [asdict(space), study.families, study.normalization, study.val_size]
+def _space_hash(spaces: dict[str, Space], study: Study, precision: str) -> str:
+    """What a continued study must share: each family's ranges, the split size and the training
+    precision (a study is not continued in another one)."""
+    spec = [{f: asdict(s) for f, s in spaces.items()}, study.val_size]
     if precision != "fp32":  # float32 studies keep the hash they had before precision existed
         spec.append(precision)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -166,7 +183,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
-def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Split,
+def _objective(family: str, space: Space, splits: Callable[[str], data.Split],
                device: torch.device, cfg: RunConfig, prov: dict, deadline: float | None,
                progress: Progress, epoch_task,
                interrupt: threading.Event) -> Callable[[optuna.Trial], float]:
@@ -191,11 +208,13 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
         try:  # everything, so that a fault anywhere in the trial is recorded as such
             for k, v in storage.owner().items():  # first: who runs it, for the dead-process check
                 trial.set_user_attr(k, v)
-            recipe = replace(space.sample(trial, archs), precision=cfg.precision)
+            recipe = replace(space.sample(trial), precision=cfg.precision)
+            normalization = space.normalization_of(trial)
+            split = splits(normalization)
             # A retry reruns the lost trial's seed, so it computes what that trial would have.
             seed = trial.user_attrs.get("seed", derive_seed(cfg.seed, family, trial.number))
             for k, v in {**prov, "arch": recipe.arch, "seed": seed,
-                         "recipe": recipe.to_dict()}.items():
+                         "normalization": normalization, "recipe": recipe.to_dict()}.items():
                 trial.set_user_attr(k, v)
             train.seed_everything(seed)
             model, opt, sched = train.build(recipe, len(split.x_train), device, fast=cfg.fast)
@@ -236,7 +255,8 @@ def _objective(family: str, archs: tuple[str, ...], space: Space, split: data.Sp
     return objective
 
 
-def _sub_studies(study: Study, cfg: RunConfig, db: optuna.storages.BaseStorage, prov: dict,
+def _sub_studies(study: Study, spaces: dict[str, Space], cfg: RunConfig,
+                 db: optuna.storages.BaseStorage, prov: dict,
                  joining: bool) -> dict[str, optuna.Study]:
     """One sub-study per family, opened (or, unless joining, created) after every check passed.
 
@@ -261,8 +281,7 @@ def _sub_studies(study: Study, cfg: RunConfig, db: optuna.storages.BaseStorage, 
         raise storage.StorageError(f"no study {missing[0]} in {where}; start it first with "
                                    f"`make study NAME={cfg.name}` and the same settings")
     return {f: optuna.create_study(storage=db, study_name=n, direction="maximize",
-                                   load_if_exists=True, pruner=study.pruner(
-                                       space_for(study, cfg).epochs[1]))
+                                   load_if_exists=True, pruner=study.pruner(spaces[f].epochs[1]))
             for f, n in names.items()}
 
 
@@ -303,21 +322,30 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     failing dead trials left by earlier runs and queueing them again is the study command's job.
     """
     device = torch.device(cfg.device)
-    space = validate(study, cfg)
+    spaces = validate(study, cfg)
+    space = space_for(study, cfg)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes go to the store and table
     families = list(study.families)
+    quota = math.ceil(cfg.trials / len(families))
+    space_hash = _space_hash(spaces, study, cfg.precision)
+    out = cfg.out
+    if not joining and (done := _finished(cfg, families, quota, space_hash)) is not None:
+        console.print(f"already {quota} trials per family and none running or queued; nothing "
+                      "to do (raise TRIALS= to continue)")
+        console.print(summary_table(done))
+        return out
     if cfg.workers > 1:  # share the cores instead of each worker taking all of them
         torch.set_num_threads(host.threads_per_worker(cfg.workers))
     raw = data.load_train()
-    split = data.train_val(raw, SMOKE_VAL if cfg.smoke else study.val_size, cfg.seed,
-                           study.normalization, device, SMOKE_SUBSET if cfg.smoke else None)
-    prov = {**provenance.collect(device), "data_md5": json.dumps(split.md5, sort_keys=True),
-            "split_hash": split.split_hash, "space_hash": _space_hash(space, study, cfg.precision)}
-    out = cfg.out
+    splits = splits_by_normalization(raw, SMOKE_VAL if cfg.smoke else study.val_size, cfg.seed,
+                                     device, SMOKE_SUBSET if cfg.smoke else None)
+    first = splits(spaces[families[0]].normalization[0])
+    prov = {**provenance.collect(device), "data_md5": json.dumps(first.md5, sort_keys=True),
+            "split_hash": first.split_hash, "space_hash": space_hash}
     db = db or storage.open_storage(cfg.storage, out / "optuna.journal")
-    subs = _sub_studies(study, cfg, db, prov, joining)
+    subs = _sub_studies(study, spaces, cfg, db, prov, joining)
     out.mkdir(parents=True, exist_ok=True)
-    console.print(config_table(cfg, space, prov["device"]))
+    console.print(config_table(cfg.public() | {"out": out}, space, prov["device"]))
     for family, sub in subs.items():
         if not joining:
             if n := storage.fail_dead(sub, db):
@@ -332,10 +360,10 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     with (out / "runs.jsonl").open("a") as fh:  # one line per invocation: config + provenance
         fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                              "role": "worker" if joining else "study", "config": cfg.public(),
-                             "space": asdict(space), "question": study.question, **prov},
+                             "space": asdict(space), "families": study.families,
+                             "question": study.question, **prov},
                             default=str) + "\n")
 
-    quota = math.ceil(cfg.trials / len(families))
     budget = cfg.timeout / len(families) if cfg.timeout else None
     used = dict.fromkeys(families, 0.0)
     mine: list[str] = []  # how this process's trials ended
@@ -351,12 +379,10 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
         with storage.store_lock(out):  # a snapshot of the whole storage, newest last
             store.write_study(out, *frames(subs))
 
-    before = sum(tally(f)[0] for f in families)
-    todo = sum(max(quota - tally(f)[0], 0) for f in families)
-    if todo == 0:
+    if all(tally(f)[0] >= quota for f in families):
         console.print(f"already {quota} trials per family; " + (
             "nothing left for a worker" if joining else "raise TRIALS= to continue"))
-    _warm_up(space, device)
+    _warm_up(spaces.values(), device)
     # The first Ctrl-C stops at the next epoch boundary, so no journal write is cut in half;
     # a second one stops at once. Workers started here get each Ctrl-C passed on.
     interrupt = threading.Event()
@@ -374,14 +400,19 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     began = time.monotonic()
     try:
         with progress_bars(console, transient=False) as progress:
-            trial_task = progress.add_task("trials", total=todo)
+            # One bar per family, counting every process's trials; the label says how many of
+            # them this process ran.
+            ran = dict.fromkeys(families, 0)
+            bars = {f: progress.add_task(f"trials {f}", total=quota) for f in families}
             clock = progress.add_task("budget (s)", total=cfg.timeout, visible=bool(budget))
             epoch_task = progress.add_task("  epochs", total=1)
             while not interrupt.is_set():
                 for sub in subs.values():
                     storage.fail_dead(sub, db)
                 now = {f: tally(f) for f in families}
-                progress.update(trial_task, completed=sum(n[0] for n in now.values()) - before)
+                for f in families:
+                    progress.update(bars[f], completed=now[f][0],
+                                    description=f"trials {f} ({ran[f]} by this process)")
                 # A queued retry (the configuration of a trial whose process died) is run even
                 # when the quota is reached, so no configuration is dropped.
                 left = [f for f in families if (now[f][0] < quota or now[f][2])
@@ -401,10 +432,9 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
                 family = min(ready, key=lambda f: max(
                     (now[f][0] + now[f][1]) / quota, used[f] / budget if budget else 0.0))
                 deadline = time.monotonic() + budget - used[family] if budget else None
-                objective = _objective(family, study.families[family], space, split, device,
+                objective = _objective(family, spaces[family], splits, device,
                                        cfg, prov, deadline, progress, epoch_task,
                                        interrupt)
-                progress.update(trial_task, description=f"trials ({family})")
                 ended.clear()
                 start = time.perf_counter()
                 try:
@@ -419,6 +449,7 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
                 save()  # after every trial, so a killed run loses nothing completed
                 progress.update(clock, completed=sum(used.values()))
                 mine += [stop_reason(t) for t in ended]
+                ran[family] += len(ended)
                 check_failures(mine, out)
             progress.update(epoch_task, visible=False)
     except BaseException:
@@ -457,9 +488,45 @@ def _spawn(cfg: RunConfig) -> list[subprocess.Popen]:
             for _ in range(cfg.workers - 1)]
 
 
-def _warm_up(space: Space, device: torch.device) -> None:
+def splits_by_normalization(raw: data.Raw, val_size: int, seed: int, device: torch.device,
+            subset: int | None) -> Callable[[str], data.Split]:
+    """The study's one split, in each input normalisation a trial asks for (built on first use:
+    the same images and indices, so the split hash is the same for all of them)."""
+    made: dict[str, data.Split] = {}
+
+    def split(normalization: str) -> data.Split:
+        if normalization not in made:
+            made[normalization] = data.train_val(raw, val_size, seed, normalization, device,
+                                                 subset)
+        return made[normalization]
+
+    return split
+
+
+def _finished(cfg: RunConfig, families: list[str], quota: int,
+              space_hash: str) -> pd.DataFrame | None:
+    """The stored trials when a rerun has nothing to do (every family at its quota, none running
+    or queued, same search space), read before any data is loaded; otherwise None."""
+    journal = cfg.out / "optuna.journal"
+    if (cfg.storage is None and not journal.is_file()) or not (
+            cfg.out / "trials.parquet").is_file():
+        return None
+    db = storage.open_storage(cfg.storage, journal)
+    names = optuna.get_all_study_names(db)
+    for family in families:
+        if f"{cfg.out.name}.{family}" not in names:
+            return None
+        trials = db.get_all_trials(db.get_study_id_from_name(f"{cfg.out.name}.{family}"), False)
+        if (sum(map(counts, trials)) < quota
+                or any(not t.state.is_finished() for t in trials)
+                or {t.user_attrs.get("space_hash") for t in trials} - {None, space_hash}):
+            return None
+    return store.read(cfg.out, "trials")
+
+
+def _warm_up(spaces: Iterable[Space], device: torch.device) -> None:
     """One step of each optimizer first, so the first trial is not charged torch's lazy set-up."""
-    for name in space.optimizers:
+    for name in dict.fromkeys(o for space in spaces for o in space.optimizers):
         layer = torch.nn.Linear(2, 2).to(device)
         opt = optim.create_optimizer(name, layer.parameters(), lr=1e-3)
         layer(torch.zeros(1, 2, device=device)).sum().backward()

@@ -5,7 +5,8 @@ Validation numbers only: these tables are printed by the study, which never sees
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -15,26 +16,64 @@ from rich.text import Text
 
 from bench.space import Space
 
-if TYPE_CHECKING:
-    from bench.study import RunConfig
-
 
 def progress_bars(console: Console, transient: bool) -> Progress:
-    """The terminal's progress bars: a description, a bar, done/total and the time elapsed."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=transient)
+    """The terminal's progress bars: a description, a bar, done/total and the time elapsed.
+
+    Standard colours (magenta running, green finished), so a finished bar never takes the grey
+    of an empty one on a 16-colour terminal."""
+    return Progress(TextColumn("{task.description}"),
+                    BarColumn(complete_style="magenta", finished_style="green"),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                    transient=transient)
 
 
-def config_table(cfg: RunConfig, space: Space, device_name: str) -> Table:
-    """The resolved settings, storage password masked; values are plain text, never markup."""
-    table = Table(title=Text(f"study {cfg.name}"), show_header=False)
+def plain(value: Any) -> str:
+    """A setting for people: `none` rather than Python's None."""
+    return "none" if value is None else str(value)
+
+
+def config_table(settings: dict[str, Any], space: Space, device_name: str) -> Table:
+    """The resolved settings (storage password already masked); plain text, never markup."""
+    table = Table(title=Text(f"study {settings['name']}"), show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    for key, value in {**cfg.public(), "out": cfg.out, "device name": device_name}.items():
-        table.add_row(key, Text(str(value)))
+    for key, value in {**settings, "device name": device_name}.items():
+        table.add_row(key, Text(plain(value)))
     for key, value in vars(space).items():
-        table.add_row(f"space.{key}", Text(str(value)))
+        table.add_row(f"space.{key}", Text(plain(value)))
     return table
+
+
+def seconds(v: float) -> str:
+    """3 significant digits, never in exponent form: 0.333 s, 7.7 s, 840 s, 1,234 s."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def human(df: pd.DataFrame) -> pd.DataFrame:
+    """Numbers formatted for people, by column name: accuracies as 98.09%, parameters as
+    345,908, seconds to 3 digits, learning rates as 0.0031; NaN as –."""
+    def cell(col: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            return "–"
+        if isinstance(v, str | bool):
+            return str(v)
+        if "acc" in col or col.endswith(" %"):
+            return f"{v:.2%}"
+        if "pp" in col:
+            return f"{v:+.2f}"
+        if col.endswith(" s") or col.endswith("seconds"):
+            return seconds(float(v))
+        if col in ("lr", "weight decay") or col.startswith("p "):
+            return f"{v:.2g}"
+        if "loss" in col:
+            return f"{v:.4f}"
+        if float(v).is_integer():
+            return f"{int(v):,}"
+        return f"{v:.4g}"
+    return pd.DataFrame({c: [cell(c, v) for v in df[c]] for c in df.columns}, index=df.index)
 
 
 def family_summary(trials: pd.DataFrame) -> pd.DataFrame:
@@ -59,38 +98,39 @@ def family_summary(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_table(trials: pd.DataFrame) -> Table:
-    """The family summary for the terminal."""
-    table = Table(title="Best trial per family (validation only; test is held out)",
-                  caption="outcomes: completed / pruned / cut by the time budget / failed")
-    heads = ("family", "trials", "outcomes", "total s", "best val acc",
-             "val loss", "epochs", "params", "trial s", "optimizer, lr, bs")
-    for col in heads:
-        table.add_column(col, justify="left" if col in (heads[0], heads[-1]) else "right")
-    for r in family_summary(trials).to_dict("records"):
-        head = [str(r["family"]), str(r["trials"]),
-                f"{r['completed']}/{r['pruned']}/{r['cut by budget']}/{r['failed']}",
-                f"{r['total s']:.0f}"]
-        if pd.isna(r.get("best val acc", float("nan"))):
-            table.add_row(*head, *["-"] * 6)
-            continue
-        table.add_row(
-            *head, f"{r['best val acc']:.4f}", f"{r['val loss']:.4f}", str(r["epochs"]),
-            f"{r['params']:,}", f"{r['trial s']:.3g}",
-            f"{r['optimizer']}, {r['lr']:.2g}, {r['batch size']}",
-        )
+def rich_table(df: pd.DataFrame, title: str, caption: str | None = None) -> Table:
+    """A DataFrame as a rich table, numbers formatted by `human`, text columns left-aligned."""
+    table = Table(title=title, caption=caption)
+    shown = human(df)
+    for col in df.columns:
+        numeric = pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(
+            df[col])
+        table.add_column(str(col), justify="right" if numeric else "left")
+    for row in shown.itertuples(index=False):
+        table.add_row(*map(Text, row))
     return table
 
 
+def summary_table(trials: pd.DataFrame) -> Table:
+    """The family summary for the terminal."""
+    df = family_summary(trials)
+    df.insert(2, "outcomes", [f"{r['completed']}/{r['pruned']}/{r['cut by budget']}/{r['failed']}"
+                              for r in df.to_dict("records")])
+    df = df.drop(columns=["completed", "pruned", "cut by budget", "failed"])
+    return rich_table(df, "Best trial per family (validation only; test is held out)",
+                      "outcomes: completed / pruned / cut by the time budget / failed")
+
+
 def comparison(trials: pd.DataFrame) -> str:
-    """The study's answer in one line: best family against the runner-up, on validation."""
+    """The study's answer in one line: every family ranked by its best trial on validation."""
     done = trials[trials["state"] == "COMPLETE"]
     if done["family"].nunique() < 2:
         return ""
     best = done.loc[done.groupby("family")["value"].idxmax()].sort_values("value", ascending=False)
-    a, b = best.iloc[0], best.iloc[1]
-    return (f"validation: best {a['family']} {a['value']:.2%} vs best {b['family']} "
-            f"{b['value']:.2%} ({(a['value'] - b['value']) * 100:+.2f} pp) at "
-            f"{a['wall_seconds']:.3g} s / {a['params_count']:,} params vs "
-            f"{b['wall_seconds']:.3g} s / {b['params_count']:,} params per trial")
+    top = best.iloc[0]["value"]
+    ranked = [f"{r['family']} {r['value']:.2%}" + (
+        "" if i == 0 else f" ({(top - r['value']) * 100:.2f} pp behind)") +
+        f" [{seconds(r['wall_seconds'])} s, {r['params_count']:,} params]"
+        for i, r in enumerate(best.to_dict("records"))]
+    return "validation, best trial per family, best first: " + "; ".join(ranked)
 

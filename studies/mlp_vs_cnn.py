@@ -24,9 +24,10 @@ from bench.study import Study
 
 STUDY = Study(
     question=__doc__,
-    families={"mlp": ("mlp",), "cnn": ("cnn",)},
+    families={"mlp": {"archs": ("mlp",)}, "cnn": {"archs": ("cnn",)}},
     # GPU: 100 trials, wide ranges.
     space=Space(
+        archs=("mlp", "cnn"),
         batch_size=(64, 128, 256, 512),
         lr=(1e-4, 1e-1),
         epochs=(3, 12),
@@ -35,6 +36,7 @@ STUDY = Study(
     # 2-core CPU: same knobs, smaller shapes and fewer epochs, so a family's half of the 14-minute
     # budget holds tens of trials.
     cpu_space=Space(
+        archs=("mlp", "cnn"),
         batch_size=(128, 256, 512),
         lr=(1e-4, 1e-1),
         epochs=(1, 4),

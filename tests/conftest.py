@@ -83,7 +83,7 @@ from bench.space import Space
 from bench.study import Study
 
 STUDY = Study(
-    question="tiny test study", families={"mlp": ("mlp",), "cnn": ("cnn",)},
+    question="tiny test study", families={"mlp": {"archs": ("mlp",)}, "cnn": {"archs": ("cnn",)}},
     space=Space(batch_size=(64,), lr=(1e-3, 1e-2), epochs=EPOCHS, optimizers=("adam",),
                 schedules=("constant",),
                 arch_ranges={"mlp": {"depth": (1, 1), "width": (16, 32)},

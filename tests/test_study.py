@@ -26,11 +26,15 @@ SPACE = Space(
                          "hidden": (16, 16)}},
 )
 STUDY = study.Study(
-    question="test study", families={"mlp": ("mlp",), "cnn": ("cnn",)}, space=SPACE,
+    question="test study", families={"mlp": {"archs": ("mlp",)}, "cnn": {"archs": ("cnn",)}},
+    space=SPACE,
     trials={"cpu": 8, "cuda": 8}, val_size=200,
     sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed),
     pruner=lambda max_epochs: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
 )
+
+MLP_WIDTHS = {"w16": {"arch_ranges": {"mlp": {"width": (16, 16)}}},
+              "w32": {"arch_ranges": {"mlp": {"width": (32, 32)}}}}
 
 
 def _run(tmp_path, definition=STUDY, **overrides):
@@ -147,11 +151,11 @@ def test_hyperband_with_trials_of_different_lengths(tiny_mnist, tmp_path):
 
 def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_mnist, tmp_path):
     mlp_only = {"mlp": SPACE.arch_ranges["mlp"]}
-    bad = replace(STUDY, space=replace(SPACE, lr=(1e6, 1e7), optimizers=("sgd",),
-                                       arch_ranges=mlp_only),
-                  families={"mlp": ("mlp",)}, trials={"cpu": 3})
+    bad = replace(STUDY, space=replace(SPACE, archs=("mlp",), lr=(1e6, 1e7), optimizers=("sgd",),
+                                       arch_ranges=mlp_only), families=MLP_WIDTHS,
+                  trials={"cpu": 4})
     trials, _, _ = _run(tmp_path, definition=bad)
-    assert len(trials) == 3
+    assert len(trials) == 4
     assert (trials["state"] == "FAIL").all() and (trials["stop_reason"] == "nonfinite").all()
 
 
@@ -173,15 +177,16 @@ def test_smoke_study_on_real_mnist_through_the_cli(real_mnist, tmp_path):
     assert "Best trial per family" in proc.stdout
 
 
-def test_comparison_line_answers_the_question():
+def test_comparison_line_ranks_every_family_with_its_gap_to_the_best():
     trials = pd.DataFrame({
-        "family": ["mlp", "mlp", "cnn", "cnn"],
-        "state": ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"],
-        "value": [0.97, 0.98, 0.991, 0.995], "wall_seconds": [1.0, 2.0, 10.0, 1.0],
-        "params_count": [100, 200, 3000, 10]})
+        "family": ["mlp", "mlp", "cnn", "cnn", "lin"],
+        "state": ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"],
+        "value": [0.97, 0.98, 0.991, 0.995, 0.9], "wall_seconds": [1.0, 2.0, 10.0, 1.0, 0.333],
+        "params_count": [100, 200, 3000, 10, 7850]})
     assert tables.comparison(trials) == (
-        "validation: best cnn 99.10% vs best mlp 98.00% (+1.10 pp) at 10 s / 3,000 params "
-        "vs 2 s / 200 params per trial")
+        "validation, best trial per family, best first: cnn 99.10% [10 s, 3,000 params]; "
+        "mlp 98.00% (1.10 pp behind) [2 s, 200 params]; "
+        "lin 90.00% (9.10 pp behind) [0.333 s, 7,850 params]")
     assert tables.comparison(trials[trials["family"] == "mlp"]) == ""
 
 
@@ -301,9 +306,9 @@ def test_a_fault_inside_a_trial_fails_that_trial_frees_it_and_the_study_goes_on(
 
 def test_a_study_whose_trials_mostly_fail_stops_with_a_clear_message(tiny_mnist, tmp_path):
     mlp_only = {"mlp": SPACE.arch_ranges["mlp"]}
-    bad = replace(STUDY, space=replace(SPACE, lr=(1e6, 1e7), optimizers=("sgd",),
-                                       arch_ranges=mlp_only),
-                  families={"mlp": ("mlp",)}, trials={"cpu": 40})
+    bad = replace(STUDY, space=replace(SPACE, archs=("mlp",), lr=(1e6, 1e7), optimizers=("sgd",),
+                                       arch_ranges=mlp_only), families=MLP_WIDTHS,
+                  trials={"cpu": 40})
     with pytest.raises(outcomes.StudyFailing, match=r"^5 of the 5 trials run so far failed "
                                                  r"\(nonfinite 5\); stopped instead of"):
         _run(tmp_path, definition=bad)
@@ -316,10 +321,11 @@ def test_config_table_shows_values_as_text_and_masks_the_storage_password():
                           results_dir=Path("[red]runs[/red]"),
                           storage="postgresql://bench:hunter2@db.lan/studies")
     console = Console(record=True, width=200, file=io.StringIO())
-    console.print(tables.config_table(cfg, SPACE, "cpu"))
+    console.print(tables.config_table(cfg.public(), SPACE, "cpu"))
     text = console.export_text()
     assert "[red]runs[/red]" in text
     assert "postgresql://bench:***@db.lan/studies" in text and "hunter2" not in text
+    assert "│ timeout " in text and "None" not in text  # unset settings read `none`
 
 
 def test_precision_and_fast_reach_every_trial_and_are_stored_for_workers(tiny_mnist, tmp_path,
