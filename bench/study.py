@@ -67,6 +67,7 @@ class Study:
     families: dict[str, dict[str, Any]]
     space: Space
     cpu_space: Space | None = None
+    cpu_families: dict[str, dict[str, Any]] | None = None  # when the CPU asks about other values
     trials: dict[str, int] = field(default_factory=lambda: {"cpu": 100, "cuda": 100})
     timeout: dict[str, float | None] = field(default_factory=lambda: {"cpu": None, "cuda": None})
     sampler: Callable[[int], optuna.samplers.BaseSampler] = (
@@ -140,12 +141,16 @@ def space_for(study: Study, cfg: RunConfig) -> Space:
     return replace(space, epochs=(1, 2)) if cfg.smoke else space
 
 
-def family_spaces(study: Study, space: Space) -> dict[str, Space]:
+def families_for(study: Study, device: str) -> dict[str, dict[str, Any]]:
+    return study.cpu_families if device == "cpu" and study.cpu_families else study.families
+
+
+def family_spaces(families: dict[str, dict[str, Any]], space: Space) -> dict[str, Space]:
     """Each family's narrowing of `space`, refused in one line when it cannot be compared."""
-    if not isinstance(study.families, dict) or len(study.families) < 2:
-        raise SpaceError(f"a study compares at least two families; got {study.families!r}")
+    if not isinstance(families, dict) or len(families) < 2:
+        raise SpaceError(f"a study compares at least two families; got {families!r}")
     space.validate()
-    spaces = {f: narrow(space, f, fields) for f, fields in study.families.items()}
+    spaces = {f: narrow(space, f, fields) for f, fields in families.items()}
     seen: dict[str, str] = {}
     for family, narrowed in spaces.items():
         key = json.dumps(asdict(narrowed), sort_keys=True, default=str)
@@ -158,7 +163,7 @@ def family_spaces(study: Study, space: Space) -> dict[str, Space]:
 
 def validate(study: Study, cfg: RunConfig) -> dict[str, Space]:
     """Everything that can be wrong with a study before any file is written."""
-    spaces = family_spaces(study, space_for(study, cfg))
+    spaces = family_spaces(families_for(study, cfg.device), space_for(study, cfg))
     if cfg.trials <= 0:
         raise ValueError(f"TRIALS={cfg.trials} must be > 0")
     return spaces
@@ -264,7 +269,7 @@ def _sub_studies(study: Study, spaces: dict[str, Space], cfg: RunConfig,
     name, trials of another split or search space, and (joining) a study that does not exist.
     """
     prefix, where = cfg.out.name, _where(cfg)
-    names = {f: f"{prefix}.{f}" for f in study.families}
+    names = {f: f"{prefix}.{f}" for f in spaces}
     existing = set(optuna.get_all_study_names(db))
     ours = {n for n in existing if cfg.storage is None or n.split(".")[0] == prefix}
     if other := sorted(ours - set(names.values())):
@@ -300,8 +305,12 @@ def join(study: Study, name: str, overrides: dict, console: Console) -> Path:
         raise storage.StorageError(f"no study at {journal}; start it first with "
                                    f"`make study NAME={name}`")
     db = storage.open_storage(cfg.storage, journal)
-    first = f"{cfg.out.name}.{next(iter(study.families))}"
-    if first not in optuna.get_all_study_names(db):
+    found = optuna.get_all_study_names(db)
+    # The first family of the GPU or the CPU families, whichever the study was started with.
+    firsts = [f"{cfg.out.name}.{next(iter(f))}" for f in (study.families, study.cpu_families)
+              if f]
+    first = next((n for n in firsts if n in found), firsts[0])
+    if first not in found:
         raise storage.StorageError(f"no study {first} in {_where(cfg)}; start it first with "
                                    f"`make study NAME={name}` and the same settings")
     settings = db.get_study_user_attrs(db.get_study_id_from_name(first)).get("run")

@@ -151,7 +151,21 @@ def _cli(capsys, *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (('"cnn": ("cnn",)}', '"cnn": ("vit",)}'), "error: unknown architecture 'vit'; valid: cnn, "),
+    (("Space(batch_size=(64,)", 'Space(archs=("mlp", "vit"), batch_size=(64,)'),
+     "error: unknown architecture 'vit'; valid: cnn, "),
+    (('"cnn": {"archs": ("cnn",)}}', "}"),
+     "error: a study compares at least two families; got {'mlp': {'archs': ('mlp',)}}"),
+    (('"cnn": {"archs": ("cnn",)}', '"cnn": {"archs": ("mlp",)}'),
+     "error: families 'mlp' and 'cnn' are the same space; a family must narrow some field"),
+    (('"mlp": {"archs": ("mlp",)}', '"mlp": "mlp"'),
+     "error: family 'mlp' must be a dict of the Space fields it narrows, e.g. {'archs': "
+     "('mlp',)}; got 'mlp'"),
+    (('"cnn": {"archs": ("cnn",)}', '"cnn": {"arch": ("cnn",)}'),
+     "error: family 'cnn': unknown field 'arch'; valid: archs, optimizers, schedules, "),
+    (('"cnn": {"archs": ("cnn",)}', '"cnn": {"archs": ("cnn",), "lr": (0.1, 1.0)}'),
+     "error: family 'cnn': lr=(0.1, 1.0) is not a range inside the study's (0.001, 0.01)"),
+    (('"cnn": {"archs": ("cnn",)}', '"cnn": {"archs": ()}'),
+     "error: family 'cnn' has no architecture; choose from ('mlp', 'cnn')"),
     (('optimizers=("adam",)', 'optimizers=("adam", "lion")'),
      "error: unknown optimizer 'lion'; valid: adam, adamw, rmsprop, sgd"),
     (("lr=(1e-3, 1e-2)", "lr=(0.0, 1e-2)"), "error: lr range (0.0, 0.01) must be > 0"),

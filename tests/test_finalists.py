@@ -69,7 +69,7 @@ def test_finalize_scores_only_finalists_logs_each_read_and_reuses_scores(
 
     page = report.build(out, "t").read_text()
     assert "Finalists on the held-out test set" in page and "No test numbers yet" not in page
-    assert "paired bootstrap" in page and "test confusion" in page
+    assert "paired-bootstrap" in page and "Holm-adjusted" in page and "test confusion" in page
     assert page.count("bench.finalists") == 10  # the access log, one row per read
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import report
+from bench import report, stats
 
 
 def _trials() -> pd.DataFrame:
@@ -45,10 +45,11 @@ def test_history_has_points_and_monotone_best_so_far_per_family():
     fig = report.history_figure(_trials())
     assert len(fig.data) == 2 * 3 * 2  # families x (completed, stopped, best) x 2 axes
     best = [t for t in fig.data if t.name == "cnn best so far"]
-    assert [list(t.y) for t in best] == [[0.96, 0.96, 0.99]] * 2
+    assert [list(t.y) for t in best] == [pytest.approx([4.0, 4.0, 1.0])] * 2  # error, %
+    assert all(ax.type == "log" for ax in (fig.layout.yaxis, fig.layout.yaxis2))
     assert list(best[1].x) == [8.0, 11.0, 27.0]  # cumulative family seconds
     stopped = next(t for t in fig.data if t.name == "mlp stopped early (last val acc)")
-    assert list(stopped.x) == [1] and list(stopped.y) == [0.80]
+    assert list(stopped.x) == [1] and list(stopped.y) == pytest.approx([20.0])
     assert fig.layout.xaxis.title.text == "trial number"
     assert fig.layout.xaxis2.title.text == "seconds"
 
@@ -77,7 +78,7 @@ def test_cost_figure_draws_the_front_on_both_costs():
     # by seconds: mlp#0 (2 s, .95), mlp#2 (4 s, .97), cnn#2 (16 s, .99); cnn#0 (8 s, .96) loses
     assert list(fronts[0].x) == [2.0, 4.0, 16.0]
     # by parameters: cnn#0 (500, .96), cnn#2 (900, .99)
-    assert list(fronts[1].x) == [500, 900] and list(fronts[1].y) == [0.96, 0.99]
+    assert list(fronts[1].x) == [500, 900] and list(fronts[1].y) == pytest.approx([4.0, 1.0])
     assert fig.layout.xaxis.type == "log"
 
 
@@ -117,8 +118,9 @@ def test_finalist_summary_confusion_and_winner():
     assert summary.loc["cnn", "test acc mean"] == pytest.approx(0.98)
     assert summary.loc["mlp", "test acc mean"] == pytest.approx(0.94)
     assert summary.loc["cnn", "seeds"] == 3 and summary.loc["cnn", "test acc std"] == 0
-    assert report.winner(finalists) == "cnn"
-    assert report.correctness(preds, "cnn").shape == (3, 100)
+    assert stats.best_on_validation(finalists.assign(
+        val_acc=finalists["family"].map({"cnn": 0.9, "mlp": 0.95}))) == "mlp"  # never test
+    assert stats.correctness(preds, "cnn").shape == (3, 100)
     z = np.array(report.confusion_figure(preds, "cnn").data[0].z)
     assert z.sum() == 300 and np.trace(z) == 294 and z[1, 2] == 3
 
@@ -144,5 +146,61 @@ def test_page_escapes_strings_and_inlines_plotly(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "x&amp;y" in page
     assert not re.search(r"<script[^>]*\bsrc=", page)  # plotly.js inlined: opens offline
     # history, curves, cost; no parallel coordinates with only 2 completed trials per family
-    assert page.count("Plotly.newPlot") == 3
+    # the answer at a glance, history, curves, cost; importances, parallel coordinates need more
+    assert page.count("Plotly.newPlot") == 4
     assert "No test numbers yet" in page
+
+
+def test_scientific_axis_is_numeric_when_every_family_fixes_one_number():
+    numeric = {"64": {"batch_size": [64]}, "256": {"batch_size": [256]}, "1024": {
+        "batch_size": [1024]}}
+    assert report.scientific_axis(numeric, ["64", "256", "1024"]) == (
+        "batch size", {"64": 64, "256": 256, "1024": 1024})
+    named = {"sgd": {"optimizers": ["sgd"]}, "adam": {"optimizers": ["adam"]}}
+    assert report.scientific_axis(named, ["sgd", "adam"]) == (
+        "family", {"sgd": "sgd", "adam": "adam"})
+    mixed = {"a": {"batch_size": [64]}, "b": {"batch_size": [128], "lr": [1e-3, 1e-2]}}
+    assert report.scientific_axis(mixed, ["a", "b"])[0] == "family"
+    assert report.scientific_axis(None, ["a"]) == ("family", {"a": "a"})
+
+
+def _bs_trials():
+    rows = []
+    for bs, best_lr in ((64, 0.01), (256, 0.04), (1024, 0.16)):  # exactly linear scaling
+        for i, (lr, acc) in enumerate(((best_lr, 0.98), (best_lr / 10, 0.95))):
+            rows.append({"family": str(bs), "number": i, "state": "COMPLETE", "value": acc,
+                         "param_lr": lr, "wall_seconds": 1.0, "params_count": 10})
+    rows.append({"family": "64", "number": 2, "state": "PRUNED", "value": np.nan,
+                 "param_lr": 1.0, "wall_seconds": 1.0, "params_count": 10})
+    return pd.DataFrame(rows)
+
+
+def test_scientific_figure_draws_validation_and_test_error_on_a_numeric_axis():
+    trials = _bs_trials()
+    finalists = pd.DataFrame({"family": ["64", "64", "1024", "1024"], "rank": 1,
+                              "test_acc": [0.97, 0.99, 0.96, 0.96]})
+    x = {"64": 64, "256": 256, "1024": 1024}
+    fig = report.scientific_figure(trials, finalists, "batch size", x)
+    val, test = fig.data
+    assert list(val.x) == [64, 256, 1024] and list(val.y) == pytest.approx([2.0, 2.0, 2.0])
+    assert list(test.x) == [64, 1024] and list(test.y) == pytest.approx([2.0, 4.0])
+    assert list(test.error_y.array) == pytest.approx([np.std([97, 99], ddof=1), 0.0])
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    only_val = report.scientific_figure(trials, None, "family", {f: f for f in x})
+    assert len(only_val.data) == 1 and list(only_val.data[0].x) == ["64", "256", "1024"]
+
+
+def test_lr_scaling_slope_is_fitted_on_each_batch_size_best_trial():
+    fig, slope = report.lr_scaling_figure(_bs_trials(), {"64": 64, "256": 256, "1024": 1024})
+    assert slope == pytest.approx(1.0)
+    assert list(fig.data[1].y) == pytest.approx([0.01, 0.04, 0.16])
+
+
+def test_importances_are_hidden_below_the_stated_minimum():
+    trials = pd.DataFrame({"family": ["a"] * 12 + ["b"] * 3, "state": "COMPLETE"})
+    imp = pd.DataFrame({"family": ["a", "a", "b"], "param": ["lr", "epochs", "lr"],
+                        "importance": [0.7, 0.3, 1.0]})
+    note, fig = report.importance_parts(imp, trials)
+    assert "a 12, b 3" in note and f"fewer than {report.MIN_IMPORTANCE_TRIALS}" in note
+    assert {t.name for t in fig.data} == {"a"}
+    assert len(report.importance_parts(imp, trials[trials["family"] == "b"])) == 1

@@ -15,7 +15,7 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from bench import data, host, outcomes, storage, store, study, tables, train
+from bench import cli, data, finalists, host, outcomes, stats, storage, store, study, tables, train
 from bench.space import Space
 
 SPACE = Space(
@@ -377,3 +377,45 @@ def test_a_study_is_not_continued_in_another_precision(tiny_mnist, tmp_path):
         _run(tmp_path, trials=4, precision="bf16")
     trials, _, _ = _run(tmp_path, trials=4)  # the same precision continues
     assert len(trials) == 4
+
+
+FIVE = {"mlp-adam": {"archs": ("mlp",), "optimizers": ("adam",)},
+        "mlp-sgd": {"archs": ("mlp",), "optimizers": ("sgd",)},
+        "cnn": {"archs": ("cnn",)},
+        "mlp-cosine": {"archs": ("mlp",), "schedules": ("cosine",)},
+        "mlp-half": {"archs": ("mlp",), "normalization": ("half",)}}
+
+
+def test_five_families_get_equal_budgets_and_a_holm_adjusted_test_verdict(tiny_mnist, tmp_path):
+    five = replace(STUDY, families=FIVE, space=replace(SPACE, epochs=(1, 1),
+                                                       normalization=("mnist", "half")))
+    trials, _, out = _run(tmp_path, definition=five, trials=10)
+    assert trials.groupby("family").size().to_dict() == dict.fromkeys(FIVE, 2)
+    by = trials.set_index("family")
+    assert set(by.loc["cnn", "arch"]) == {"cnn"} and set(by.loc["mlp-sgd", "arch"]) == {"mlp"}
+    assert set(by.loc["mlp-sgd", "param_optimizer"]) == {"sgd"}
+    assert set(by.loc["mlp-cosine", "param_schedule"]) == {"cosine"}
+    assert set(by.loc["mlp-half", "normalization"]) == {"half"}
+    assert set(trials["normalization"]) <= {"mnist", "half"}
+    run = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
+    assert list(run["families"]) == list(FIVE)
+    result = finalists.finalize(five, out, torch.device("cpu"), k=1, seeds=2, refresh=False,
+                                console=Console(quiet=True))
+    assert set(result.loc[result["family"] == "mlp-half", "normalization"]) == {"half"}
+    table, line = stats.family_verdicts(result, store.read(out, "test_predictions"))
+    assert len(table) == 5 and table["p Holm"].notna().sum() == 4
+    assert "Holm-adjusted over 4 comparisons" in line
+    assert table.iloc[0]["family"] == stats.best_on_validation(result)
+
+
+def test_mlp_vs_cnn_asks_what_it_asked_before():
+    definition = cli.load_study("mlp_vs_cnn")
+    cfg = study.resolve(definition, "mlp_vs_cnn", torch.device("cpu"), {})
+    spaces = study.validate(definition, cfg)
+    assert {f: s.archs for f, s in spaces.items()} == {"mlp": ("mlp",), "cnn": ("cnn",)}
+    for family, space in spaces.items():  # the same knobs as before families were spaces
+        sub = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        trial = sub.ask()
+        assert space.sample(trial).arch == family
+        assert "arch" not in trial.params and "normalization" not in trial.params
+        assert space.normalization_of(trial) == "mnist"
