@@ -323,23 +323,51 @@ def test_bf16_steps_capture_on_cuda_and_match_float32_accuracy(real_mnist):
 
 
 @pytest.mark.gpu
-def test_graph_safe_optimizers_on_cuda():
-    from bench import optim
-
-    params = [torch.nn.Parameter(torch.zeros(3, device="cuda"))]
-    assert optim.create_optimizer("sgd", params, 0.1, graph_safe=True).defaults["fused"]
-    for name in ("adam", "adamw", "rmsprop"):
-        assert optim.create_optimizer(name, params, 0.1, graph_safe=True).defaults["capturable"]
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
+def test_graphed_training_on_cuda_is_eager_training_on_cuda(cuda_tiny_split, optimizer, dropout):
+    """The exactness check for the first GPU run: one BatchNorm recipe (with and without dropout,
+    cosine lr) fitted with graph=True and graph=False from the same seed must agree per epoch in
+    train loss (rtol 1e-5) and end with allclose weights and BatchNorm buffers. The graphed run
+    must really capture, with the optimizer's capture flags on; the eager one without them."""
+    recipe = replace(RECIPE, optimizer=optimizer, optimizer_kwargs=KNOBS.get(optimizer, {}),
+                     arch_kwargs={**RECIPE.arch_kwargs, "dropout": dropout})
+    split = cuda_tiny_split
+    runs = {}
+    for graph in (True, False):
+        train.seed_everything(1)
+        model, opt, sched = train.build(recipe, len(split.x_train), split.x_train.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", fast.CaptureFailed)
+            history = train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, 3,
+                                graph=graph)
+        flags = optim.GRAPH_FLAGS[type(opt)]
+        assert all(bool(g[k]) is graph for g in opt.param_groups for k in flags), opt.param_groups
+        runs[graph] = [h["train_loss"] for h in history], model.state_dict()
+    (graphed_losses, graphed), (eager_losses, eager) = runs[True], runs[False]
+    assert graphed_losses == pytest.approx(eager_losses, rel=1e-5)
+    assert any(".running_mean" in k for k in graphed)  # BatchNorm buffers are compared too
+    for name, value in graphed.items():
+        torch.testing.assert_close(value, eager[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.gpu
 def test_a_failed_capture_on_cuda_leaves_cuda_usable(cuda_tiny_split):
-    """An optimizer built without graph flags cannot be captured: one warning, eager training."""
+    """A loss that syncs with the host cannot be captured, and then `capture_end` raises too:
+    one warning naming the cause, the default stream current again, eager training."""
+
+    def syncing(out, y):
+        loss = F.cross_entropy(out, y)
+        assert loss.item() >= 0  # a host sync: not permitted while the stream is capturing
+        return loss
+
     split = cuda_tiny_split
     cuda = split.x_train.device
     train.seed_everything(0)
-    model, opt, sched = train.build(RECIPE, len(split.x_train), cuda, fast=False)
-    with pytest.warns(fast.CaptureFailed):
+    model, opt, sched = train.build(RECIPE, len(split.x_train), cuda)
+    with pytest.warns(fast.CaptureFailed, match="not permitted when stream is capturing"):
         history = train.fit(model, opt, sched, split, RECIPE.batch_size, RECIPE.epochs, 0,
-                            graph=True)
+                            graph=True, loss_fn=syncing)
+    assert torch.cuda.current_stream(cuda) == torch.cuda.default_stream(cuda)
+    assert not any(g["capturable"] or g["fused"] for g in opt.param_groups)
     assert history[-1]["val_acc"] > 0.9
