@@ -104,7 +104,8 @@ def lr_table(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_schedule
     changes (momentum, betas), so such a schedule is refused with ValueError.
     """
     groups = optimizer.param_groups
-    before = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    before = [dict(g) for g in groups]
+    expected = [dict(g) for g in groups]  # each step: `before` with that step's lr
     state = copy.deepcopy(schedule.state_dict())
     rows = []
     try:
@@ -113,10 +114,11 @@ def lr_table(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_schedule
             for _ in range(steps):
                 rows.append([g["lr"] for g in groups])
                 schedule.step()
-                changed = sorted({k for g, b in zip(groups, before, strict=True)
-                                  for k in (g.keys() | b.keys()) - {"params", "lr"}
-                                  if g.get(k) != b.get(k)})
-                if changed:
+                for g, e in zip(groups, expected, strict=True):
+                    e["lr"] = g["lr"]
+                if groups != expected:  # one C-level comparison a step
+                    changed = sorted({k for g, e in zip(groups, expected, strict=True)
+                                      for k in g.keys() | e.keys() if g.get(k) != e.get(k)})
                     raise ValueError(
                         f"schedule {type(schedule).__name__} changes {', '.join(changed)} during "
                         "training, which a CUDA graph would freeze at capture; valid: a "
