@@ -3,15 +3,15 @@
 An optimizer entry builds `torch.optim` from (params, lr, weight_decay, **knobs) and samples its
 own knobs from a trial; a schedule entry builds a `torch.optim.lr_scheduler` from the total
 number of steps and the steps in one epoch, so every schedule is stepped once per batch.
-Each optimizer entry also names the constructor flags that let its CUDA `step()` be captured in
-a CUDA graph with the learning rate held in a device tensor (`graph_safe=True`): `capturable`
-where torch offers it, the fused kernel for SGD, whose other kernels read a tensor lr on the host.
+`GRAPH_FLAGS` names, per torch class, the flags that let a CUDA `step()` be captured in a CUDA
+graph with the learning rate held in a device tensor. `bench.fast` sets them on the param groups
+only when it captures: a capturable optimizer stepped eagerly is slower (and warns).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -24,18 +24,17 @@ class Entry:
     name: str
     build: Callable[..., Any]
     space: Callable[..., dict[str, Any]]
-    graph_flags: dict[str, Any] = field(default_factory=dict)
 
 
 OPTIMIZERS: dict[str, Entry] = {}
 SCHEDULES: dict[str, Entry] = {}
 
 
-def _register(table: dict[str, Entry], kind: str, name: str, space=None, graph_flags=None):
+def _register(table: dict[str, Entry], kind: str, name: str, space=None):
     def wrap(build):
         if name in table:
             raise ValueError(f"{kind} {name!r} is already registered")
-        table[name] = Entry(name, build, space or (lambda trial: {}), graph_flags or {})
+        table[name] = Entry(name, build, space or (lambda trial: {}))
         return build
 
     return wrap
@@ -48,18 +47,19 @@ def _get(table: dict[str, Entry], kind: str, name: str) -> Entry:
 
 
 def create_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
-                     weight_decay: float = 0.0, graph_safe: bool = False,
-                     **knobs: Any) -> torch.optim.Optimizer:
-    """`graph_safe` adds the entry's capture flags when the parameters live on CUDA.
+                     weight_decay: float = 0.0, **knobs: Any) -> torch.optim.Optimizer:
+    """The lr stays a float here, so schedules compute in plain Python; `bench.fast` hands the
+    optimizer a device tensor for each captured step."""
+    return _get(OPTIMIZERS, "optimizer", name).build(list(params), lr, weight_decay, **knobs)
 
-    The lr stays a float here, so schedules compute in plain Python; `bench.fast` swaps it for a
-    device tensor just before capture.
-    """
-    entry = _get(OPTIMIZERS, "optimizer", name)
-    params = list(params)
-    if graph_safe and params and params[0].is_cuda:
-        knobs = {**knobs, **entry.graph_flags}
-    return entry.build(params, lr, weight_decay, **knobs)
+
+def graph_flags(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The param-group flags under which `optimizer.step()` can be captured with a tensor lr."""
+    kind = type(optimizer)
+    if kind not in GRAPH_FLAGS:
+        valid = ", ".join(sorted(k.__name__ for k in GRAPH_FLAGS))
+        raise ValueError(f"no CUDA-graph flags for optimizer {kind.__name__}; valid: {valid}")
+    return GRAPH_FLAGS[kind]
 
 
 def create_schedule(name: str, optimizer: torch.optim.Optimizer, total_steps: int,
@@ -84,7 +84,7 @@ def _sgd_space(trial, momentum=(0.0, 0.99), nesterov=(False, True)):
     return {"momentum": m, "nesterov": nest}
 
 
-@_register(OPTIMIZERS, "optimizer", "sgd", _sgd_space, graph_flags={"fused": True})
+@_register(OPTIMIZERS, "optimizer", "sgd", _sgd_space)
 def _sgd(params, lr, weight_decay, momentum=0.0, nesterov=False, **flags):
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
                            weight_decay=weight_decay, **flags)
@@ -97,16 +97,13 @@ def _beta1_space(prefix):
     return space
 
 
-CAPTURABLE = {"capturable": True}
-
-
-@_register(OPTIMIZERS, "optimizer", "adam", _beta1_space("adam"), CAPTURABLE)
+@_register(OPTIMIZERS, "optimizer", "adam", _beta1_space("adam"))
 def _adam(params, lr, weight_decay, beta1=0.9, **flags):
     return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay,
                             **flags)
 
 
-@_register(OPTIMIZERS, "optimizer", "adamw", _beta1_space("adamw"), CAPTURABLE)
+@_register(OPTIMIZERS, "optimizer", "adamw", _beta1_space("adamw"))
 def _adamw(params, lr, weight_decay, beta1=0.9, **flags):
     return torch.optim.AdamW(params, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay,
                              **flags)
@@ -117,10 +114,25 @@ def _rmsprop_space(trial, alpha=(0.9, 0.999), momentum=(0.0, 0.9)):
             "momentum": trial.suggest_float("rmsprop.momentum", *momentum)}
 
 
-@_register(OPTIMIZERS, "optimizer", "rmsprop", _rmsprop_space, CAPTURABLE)
+@_register(OPTIMIZERS, "optimizer", "rmsprop", _rmsprop_space)
 def _rmsprop(params, lr, weight_decay, alpha=0.99, momentum=0.0, **flags):
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, momentum=momentum,
                                weight_decay=weight_decay, **flags)
+
+
+# What torch 2.14's optimizer sources accept (torch/optim/adam.py, sgd.py, rmsprop.py): the
+# capture health check (`Optimizer._accelerator_graph_capture_health_check`, called by Adam(W) and
+# RMSprop) demands `capturable` in every group; Adam(W) also take `fused` with it, one kernel for
+# all parameters that reads the lr from a float32 device tensor (`_fused_adam_.tensor_lr`), where
+# capturable foreach Adam launches a dozen; SGD has no `capturable` and no health check, and its
+# fused kernel reads a tensor lr too (`_fused_sgd_.tensor_lr`); RMSprop has no fused kernel.
+_CAPTURABLE_FUSED = {"capturable": True, "fused": True}
+GRAPH_FLAGS: dict[type[torch.optim.Optimizer], dict[str, Any]] = {
+    torch.optim.SGD: {"fused": True},
+    torch.optim.Adam: _CAPTURABLE_FUSED,
+    torch.optim.AdamW: _CAPTURABLE_FUSED,
+    torch.optim.RMSprop: {"capturable": True},
+}
 
 
 # --- schedules (stepped once per batch) ----------------------------------------

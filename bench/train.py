@@ -122,14 +122,15 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 def build(recipe: Recipe, n_train: int, device: torch.device, fast: bool = True):
     """Model, optimizer and per-step schedule for `recipe` on `device`.
 
-    `fast` applies the measured speed-ups: on CUDA an optimizer whose step can be captured in a
-    CUDA graph; on a CPU channels-last convolutional models (see README Performance).
+    `fast` applies the measured speed-ups of a CPU: channels-last convolutional models (README
+    Performance). CUDA graphs are `fit`'s choice, and `bench.fast` sets the optimizer's capture
+    flags only when it captures.
     """
     model = models.create_model(recipe.arch, **recipe.arch_kwargs).to(device)
     if fast and wants_channels_last(model, device):
         model = to_channels_last(model)
     opt = optim.create_optimizer(recipe.optimizer, model.parameters(), recipe.lr,
-                                 recipe.weight_decay, graph_safe=fast, **recipe.optimizer_kwargs)
+                                 recipe.weight_decay, **recipe.optimizer_kwargs)
     per_epoch = steps_per_epoch(n_train, recipe.batch_size)
     sched = optim.create_schedule(recipe.schedule, opt, per_epoch * recipe.epochs, per_epoch,
                                   **recipe.schedule_kwargs)
@@ -199,11 +200,11 @@ def fit(
     """
     gen = torch.Generator(device=data.x_train.device).manual_seed(seed)
     n = len(data.x_train)
-    # The captured step computes cross-entropy; a recipe's own loss trains eagerly.
+    # A recipe's own loss trains eagerly unless asked (`graph=True` captures it too): it may sync.
     use_graph = data.x_train.is_cuda and loss_fn is F.cross_entropy if graph is None else graph
     began = time.perf_counter()  # the first epoch's time includes the graph capture
-    graphed = (graphs.prepare(model, optimizer, schedule, data, batch_size, precision)
-               if use_graph else None)
+    graphed = (graphs.prepare(model, optimizer, schedule, data, batch_size, epochs, precision,
+                              loss_fn) if use_graph else None)
     cast = graphs.autocast(precision, data.x_train.device)  # one context, entered per step
     history = []
     for epoch in range(1, epochs + 1):
