@@ -53,7 +53,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev,postgres]'
 	touch $@
 
-# Not echoed (@): STORAGE= may hold a password.
+# The targets that run Python are not echoed (@), all alike: the line would repeat what was typed
+# plus PYTHON=..., and STORAGE= may hold a password. The CLI prints what it resolved instead.
 study: $(SETUP) ## run or continue a study: make study NAME=mlp_vs_cnn [TRIALS= TIMEOUT= DEVICE= SEED= SMOKE=1]
 	@$(PY) -m bench study $(call env,$(STUDY_KEYS)) $(MAKEOVERRIDES)
 
@@ -61,40 +62,40 @@ worker: $(SETUP) ## add workers to a running study: make worker NAME=x [STORAGE=
 	@$(PY) -m bench worker $(call env,$(WORKER_KEYS)) $(MAKEOVERRIDES)
 
 finalize: $(SETUP) ## score the validation-chosen finalists on test: make finalize NAME=x [K=2 SEEDS=3 REFRESH=1]
-	$(PY) -m bench finalize $(call env,$(FINALIZE_KEYS)) $(MAKEOVERRIDES)
+	@$(PY) -m bench finalize $(call env,$(FINALIZE_KEYS)) $(MAKEOVERRIDES)
 
 report: $(SETUP) ## re-render results/NAME/report.html from the store: make report NAME=x
-	$(PY) -m bench report $(call env,NAME SMOKE RESULTS_DIR) $(MAKEOVERRIDES)
+	@$(PY) -m bench report $(call env,NAME SMOKE RESULTS_DIR) $(MAKEOVERRIDES)
 
 reproduce: $(SETUP) ## re-run leaderboard entries: make reproduce [ENTRY=id N_SEEDS=3 DEVICE= SAVE=1]
-	$(PY) -m bench reproduce $(call env,$(REPRODUCE_KEYS)) $(MAKEOVERRIDES)
+	@$(PY) -m bench reproduce $(call env,$(REPRODUCE_KEYS)) $(MAKEOVERRIDES)
 
 promote: $(SETUP) ## make a study's best finalist a leaderboard entry: make promote NAME=mlp_vs_cnn
-	$(PY) -m bench promote $(call env,NAME RESULTS_DIR) $(MAKEOVERRIDES)
+	@$(PY) -m bench promote $(call env,NAME RESULTS_DIR) $(MAKEOVERRIDES)
 
 leaderboard: $(SETUP) ## print the leaderboard table and write results/leaderboard.md
-	$(PY) -m bench leaderboard $(call env,RESULTS_DIR) $(MAKEOVERRIDES)
+	@$(PY) -m bench leaderboard $(call env,RESULTS_DIR) $(MAKEOVERRIDES)
 
 bench: $(SETUP) ## seconds per epoch, tutorial pipeline vs harness: make bench [DEVICE= QUICK=1 EPOCHS= MODELS=]
-	$(PY) -m bench bench $(call env,$(BENCH_KEYS)) $(MAKEOVERRIDES)
+	@$(PY) -m bench bench $(call env,$(BENCH_KEYS)) $(MAKEOVERRIDES)
 
 bench-study: $(SETUP) ## trials per minute, 1 vs more workers: make bench-study NAME=x [TRIALS=20 WORKERS=1,2]
-	$(PY) -m bench bench-study $(call env,$(BENCH_STUDY_KEYS)) $(MAKEOVERRIDES)
+	@$(PY) -m bench bench-study $(call env,$(BENCH_STUDY_KEYS)) $(MAKEOVERRIDES)
 
 list: $(SETUP) ## list registered models, optimizers, schedules and studies
-	$(PY) -m bench list
+	@$(PY) -m bench list
 
 test: $(SETUP) ## fast tests (CPU, minutes)
-	$(PY) -m pytest
+	@$(PY) -m pytest
 
 test-full: $(SETUP) ## all CPU tests, slow ones included
-	$(PY) -m pytest -m 'not gpu'
+	@$(PY) -m pytest -m 'not gpu'
 
 test-gpu: $(SETUP) ## CUDA tests (run on a GPU machine)
-	$(PY) -m pytest -m gpu
+	@$(PY) -m pytest -m gpu
 
 lint: $(SETUP) ## ruff
-	$(PY) -m ruff check bench tests studies
+	@$(PY) -m ruff check bench tests studies
 
 clean: ## remove caches and build files (results/ and .venv are kept)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

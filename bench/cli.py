@@ -7,10 +7,12 @@ Overrides come as KEY=VALUE words (the Makefile hands over `$(MAKEOVERRIDES)`), 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import re
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +38,7 @@ from bench import (
     train,
 )
 from bench.data import DataError
-from bench.space import SpaceError
+from bench.space import Space, SpaceError
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 MAKE_ONLY = {"PYTHON", "MNIST_DIR"}  # make-level variables: the Makefile acts on them
@@ -175,13 +177,38 @@ def study_names() -> list[str]:
     return sorted(p.stem for p in STUDIES_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
+_DECLARED = {"Study": study.Study, "Space": Space}  # what study files construct by keyword
+
+
+def _line_in(path: Path, exc: Exception) -> int | str:
+    """The line of `path` where `exc` arose: the user's line, not the library's that raised."""
+    if isinstance(exc, SyntaxError) and exc.filename == str(path):
+        return exc.lineno or "?"
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return lines[-1] if lines else "?"
+
+
+def _one_line(exc: Exception) -> str:
+    """`Type: message` on one line; an unknown keyword of Study or Space gets the valid ones."""
+    msg = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    msg = msg.splitlines()[0] if msg.strip() else ""
+    known = re.match(r"(\w+)\.__init__\(\) got an unexpected keyword argument", msg)
+    if isinstance(exc, TypeError) and known and known[1] in _DECLARED:
+        msg += "; valid: " + ", ".join(f.name for f in dataclasses.fields(_DECLARED[known[1]]))
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
 def load_study(name: str) -> study.Study:
     valid = ", ".join(study_names()) or "(none)"
     if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name not in study_names():
         raise UsageError(f"unknown study {name!r}; valid: {valid}")
-    spec = importlib.util.spec_from_file_location(f"studies.{name}", STUDIES_DIR / f"{name}.py")
+    path = STUDIES_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"studies.{name}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a study file is user code: its mistake is one line, not a trace
+        raise UsageError(f"studies/{name}.py:{_line_in(path, exc)}: {_one_line(exc)}") from None
     found = getattr(module, "STUDY", None)
     if not isinstance(found, study.Study):
         raise UsageError(f"studies/{name}.py defines no STUDY = Study(...)")
@@ -318,18 +345,20 @@ def cmd_bench_study(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
+    # The studies load first: a study file may register a model of its own (@register_model).
+    questions = {name: " ".join(load_study(name).question.split("\n\n")[0].split())
+                 for name in study_names()}
     table = Table(title="registered models")
-    for col in ("name", "family", "space", "description"):
+    for col in ("name", "kind", "space", "description"):
         table.add_column(col)
     for name in models.list_models():
         e = models.get_model(name)
-        table.add_row(name, e.family, "tunable" if e.space else "fixed", e.doc)
+        table.add_row(name, e.kind, "tunable" if e.space else "fixed", e.doc)
     console.print(table)
     console.print("optimizers: " + ", ".join(sorted(optim.OPTIMIZERS)))
     console.print("schedules:  " + ", ".join(sorted(optim.SCHEDULES)))
     console.print("leaderboard entries: " + ", ".join(leaderboard.all_entries()))
-    for name in study_names():
-        question = " ".join(load_study(name).question.split("\n\n")[0].split())
+    for name, question in questions.items():
         console.print(f"study {name}: {question}")
 
 

@@ -20,7 +20,7 @@ Space = Callable[..., dict[str, Any]]
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    family: str
+    kind: str  # a label for `make list` ("mlp", "cnn"); a study's families are something else
     factory: Callable[..., nn.Module]
     space: Space | None
     doc: str
@@ -29,14 +29,14 @@ class ModelEntry:
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, family: str, space: Space | None = None):
-    """Decorator: register `factory` under `name` in `family` ("mlp" or "cnn")."""
+def register_model(name: str, kind: str, space: Space | None = None):
+    """Decorator: register `factory` under `name`, labelled `kind` ("mlp", "cnn", ...)."""
 
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
         doc = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
-        _MODELS[name] = ModelEntry(name, family, factory, space, doc)
+        _MODELS[name] = ModelEntry(name, kind, factory, space, doc)
         return factory
 
     return wrap
@@ -52,8 +52,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     return get_model(name).factory(**kwargs)
 
 
-def list_models(family: str | None = None) -> list[str]:
-    return sorted(n for n, e in _MODELS.items() if family in (None, e.family))
+def list_models(kind: str | None = None) -> list[str]:
+    return sorted(n for n, e in _MODELS.items() if kind in (None, e.kind))
 
 
 def count_params(model: nn.Module) -> int:

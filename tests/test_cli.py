@@ -1,5 +1,6 @@
 import gzip
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import cli, leaderboard, storage
+from bench import cli, leaderboard, models, storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -313,3 +314,58 @@ def test_reproduce_then_leaderboard_in_process(tiny_mnist, tmp_path, one_thread,
     assert "| cnn-conv32-adam | test (accuracy) |" in md and "| 1 | [97.5%, 98.5%) |" in md
     assert "| mlp-400-200-100-sgd |  |  | 0 | 97.70% | not run |  |" in md
     assert "cnn-conv32-adam seed 0:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("from bench.study import Study\nSTUDY = Study(\n",
+     "error: studies/broken.py:2: SyntaxError: '(' was never closed"),
+    ("import os\nraise RuntimeError('no GPU here')\n",
+     "error: studies/broken.py:2: RuntimeError: no GPU here"),
+    ("import bench.nope\n", "error: studies/broken.py:1: ModuleNotFoundError: No module named "
+                            "'bench.nope'"),
+    ("from bench.study import Study\n\nSTUDY = Study(\n    question='q',\n    families={},\n)\n",
+     "error: studies/broken.py:3: TypeError: Study.__init__() missing 1 required positional "
+     "argument: 'space'"),
+    ("from bench.space import Space\n\nSPACE = Space(optimizer=('adam',))\n",
+     "error: studies/broken.py:3: TypeError: Space.__init__() got an unexpected keyword argument "
+     "'optimizer'; valid: batch_size, lr, epochs, optimizers, "),
+])
+def test_a_study_file_that_fails_to_load_is_one_line_with_its_line(
+        text, message, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    (folder / "broken.py").write_text(text)
+    monkeypatch.setattr(cli, "STUDIES_DIR", folder)
+    code, err = _cli(capsys, "study", "broken", "DEVICE=cpu", f"RESULTS_DIR={tmp_path / 'r'}")
+    assert code == 2
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_list_shows_a_model_registered_by_a_study_file(study_file, monkeypatch, capsys):
+    monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))  # the registration is undone
+    study_file("own_model", ("from bench.study import Study\n",
+                             "from bench.study import Study\nfrom bench.models import "
+                             "register_model\nfrom torch import nn\n\n\n"
+                             "@register_model('tiny-mlp', 'mlp')\ndef tiny_mlp():\n"
+                             "    '''A study's own model.'''\n"
+                             "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n"))
+    assert cli.main(["list"]) == 0
+    cells = [[c.strip() for c in re.split("[│┃]", line)[1:-1]]
+             for line in capsys.readouterr().out.splitlines() if "│" in line or "┃" in line]
+    rows = {row[0]: row[1:] for row in cells}  # name -> kind, space, description
+    assert rows["name"] == ["kind", "space", "description"]
+    assert rows["tiny-mlp"] == ["mlp", "fixed", "A study's own model."]
+    assert rows["mlp-400-200-100"][0] == "mlp" and rows["cnn-conv32"][0] == "cnn"
+
+
+def test_make_targets_do_not_echo_their_command_lines(tmp_path):
+    """Quiet alike: an echo would show PYTHON=... (and for some targets could show a password)."""
+    recipes = [line for line in (ROOT / "Makefile").read_text().splitlines()
+               if line.startswith("\t") and "$(PY)" in line]
+    assert recipes and all(line.startswith("\t@") for line in recipes)
+    proc = subprocess.run(["make", "leaderboard", f"RESULTS_DIR={tmp_path}",
+                           f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV)
+    assert proc.returncode != 0 and "error: no leaderboard results" in proc.stderr
+    assert "-m bench" not in proc.stdout + proc.stderr and "PYTHON=" not in proc.stdout

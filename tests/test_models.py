@@ -62,6 +62,15 @@ def test_unknown_and_duplicate_names_raise_with_choices():
         models.register_model("mlp", "mlp")(lambda: None)
 
 
+def test_the_registry_label_is_a_kind_given_by_position_or_keyword(monkeypatch):
+    monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))  # the registrations are undone
+    models.register_model("tiny-a", "mlp")(lambda: torch.nn.Linear(784, 10))
+    models.register_model("tiny-b", kind="cnn")(lambda: torch.nn.Linear(784, 10))
+    assert models.get_model("tiny-a").kind == "mlp" and models.get_model("tiny-b").kind == "cnn"
+    assert "tiny-a" in models.list_models(kind="mlp") and "tiny-b" not in models.list_models("mlp")
+    assert models.list_models(kind="cnn") == ["cnn", "cnn-bn", "cnn-conv32", "lenet5", "tiny-b"]
+
+
 def test_cnn_rejects_too_many_blocks():
     with pytest.raises(ValueError, match="blocks=4"):
         models.create_model("cnn", blocks=4)
