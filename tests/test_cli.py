@@ -14,6 +14,7 @@ import torch
 from bench import cli, leaderboard, models, storage
 
 ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ", ".join(cli.study_names())
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # also when the package is not installed
@@ -25,12 +26,12 @@ def bench(*args, cwd=ROOT):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["study", "nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["study", "nope"], f"error: unknown study 'nope'; valid: {STUDIES}"),
     (["study", "NAME=../studies/mlp_vs_cnn"],
-     "error: unknown study '../studies/mlp_vs_cnn'; valid: mlp_vs_cnn"),
+     f"error: unknown study '../studies/mlp_vs_cnn'; valid: {STUDIES}"),
     (["study", "studies/mlp_vs_cnn"],
-     "error: unknown study 'studies/mlp_vs_cnn'; valid: mlp_vs_cnn"),
-    (["study"], "error: no study named; give NAME=..., one of: mlp_vs_cnn"),
+     f"error: unknown study 'studies/mlp_vs_cnn'; valid: {STUDIES}"),
+    (["study"], f"error: no study named; give NAME=..., one of: {STUDIES}"),
     (["study", "mlp_vs_cnn", "TRIAL=5"],
      "error: unknown setting 'TRIAL'; valid: NAME, TRIALS, TIMEOUT, DEVICE, SEED, SMOKE, "
      "RESULTS_DIR, WORKERS, STORAGE, PRECISION, FAST"),
@@ -60,10 +61,10 @@ def bench(*args, cwd=ROOT):
     (["finalize", "mlp_vs_cnn", "TRIALS=3"],
      "error: unknown setting 'TRIALS'; valid: NAME, K, SEEDS, DEVICE, REFRESH, SMOKE, "
      "RESULTS_DIR"),
-    (["finalize", "nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["finalize", "nope"], f"error: unknown study 'nope'; valid: {STUDIES}"),
     (["bench-study", "mlp_vs_cnn", "WORKERS=1,0"],
      "error: WORKERS='1,0' is not valid: expected a comma-separated list of positive integers"),
-    (["bench-study", "nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["bench-study", "nope"], f"error: unknown study 'nope'; valid: {STUDIES}"),
     (["report", "mlp_vs_cnn", "SEEDS=3"],
      "error: unknown setting 'SEEDS'; valid: NAME, SMOKE, RESULTS_DIR"),
 ])
@@ -278,8 +279,8 @@ ENTRY_IDS = ", ".join(leaderboard.all_entries())  # the recipes, then promoted e
      "error: DEVICE='tpu' is not valid: expected auto or cpu or cuda"),
     (["reproduce", "THREADS=two"],
      "error: THREADS='two' is not valid: expected a positive integer"),
-    (["promote"], "error: no study named; give NAME=..., one of: mlp_vs_cnn"),
-    (["promote", "NAME=nope"], "error: unknown study 'nope'; valid: mlp_vs_cnn"),
+    (["promote"], f"error: no study named; give NAME=..., one of: {STUDIES}"),
+    (["promote", "NAME=nope"], f"error: unknown study 'nope'; valid: {STUDIES}"),
     (["promote", "NAME=mlp_vs_cnn"], "error: no finalists at {r}/mlp_vs_cnn/finalists.parquet; "
                                      "run make finalize NAME=mlp_vs_cnn first"),
     (["leaderboard"], "error: no leaderboard results at {r}/leaderboard.parquet; "
@@ -328,7 +329,7 @@ def test_reproduce_then_leaderboard_in_process(tiny_mnist, tmp_path, one_thread,
      "argument: 'space'"),
     ("from bench.space import Space\n\nSPACE = Space(optimizer=('adam',))\n",
      "error: studies/broken.py:3: TypeError: Space.__init__() got an unexpected keyword argument "
-     "'optimizer'; valid: batch_size, lr, epochs, optimizers, "),
+     "'optimizer'; valid: archs, batch_size, lr, epochs, optimizers, "),
 ])
 def test_a_study_file_that_fails_to_load_is_one_line_with_its_line(
         text, message, tmp_path, monkeypatch, capsys):
