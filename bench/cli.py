@@ -259,6 +259,8 @@ def cmd_finalize(args: argparse.Namespace, console: Console) -> None:
     name, definition, overrides = _named(args, FINALIZE_KEYS)
     out = _folder(name, overrides)
     device = train.resolve_device(overrides.get("device", "auto"))
+    if device.type == "cpu":
+        host.tune()  # as `make study` trains: threads and the allocator setting
     finalists.finalize(definition, out, device, overrides.get("k", finalists.K),
                        overrides.get("seeds", finalists.SEEDS), overrides.get("refresh", False),
                        console)
@@ -285,6 +287,8 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
     # One thread by default on CPU: batches of 64 are too small for intra-op parallelism to pay,
     # and on a busy machine two threads can wait on each other for far longer than they save.
     threads = overrides.get("threads", 1 if device.type == "cpu" else None)
+    if device.type == "cpu":
+        host.tune(threads=False)  # the allocator setting; threads are set just above
     results_dir = Path(overrides.get("results_dir", "results"))
     chosen = [entries[wanted]] if wanted else list(entries.values())
     rows = reproduce.reproduce(chosen, overrides.get("n_seeds", 3), device, results_dir,
@@ -303,15 +307,27 @@ def cmd_promote(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> None:
+    """Rows of entries re-run in leaderboard.parquet replace theirs; every other entry keeps its
+    committed row (leaderboard.json), so a one-entry reproduce never wipes the table."""
     results_dir = Path(parse_overrides(args.settings, LEADERBOARD_KEYS).get("results_dir",
                                                                             "results"))
     entries = leaderboard.all_entries()
     rows = reproduce.read_rows(results_dir)
-    summary = leaderboard.summarize(rows, entries)
+    md, committed = results_dir / "leaderboard.md", results_dir / "leaderboard.json"
+    summary = leaderboard.summarize(rows, entries, leaderboard.read_committed(committed))
+    missing = summary.loc[summary["seeds"] == 0, "entry"].tolist()
+    if md.is_file() and not committed.is_file() and missing:
+        raise UsageError(f"{md} has no {committed.name} beside it to keep its rows from, and "
+                         f"{len(missing)} entries have no run in {results_dir}/leaderboard."
+                         f"parquet ({', '.join(missing)}); reproduce them or move {md} away")
     console.print(leaderboard.rich_table(summary))
-    leaderboard.write_markdown(results_dir / "leaderboard.md",
-                               leaderboard.markdown(summary, rows, entries))
-    console.print(f"written: {results_dir}/leaderboard.md")
+    ran, kept = summary["seeds"] > 0, summary["kept"].astype(bool)
+    for what, pick in (("updated from leaderboard.parquet", ran & ~kept),
+                       ("kept as committed", kept), ("not run", ~ran)):
+        if pick.any():
+            console.print(f"{what}: {', '.join(summary.loc[pick, 'entry'])}", markup=False)
+    console.print(f"written: {leaderboard.write(results_dir, summary, entries)} and "
+                  f"{committed}", markup=False)
 
 
 def cmd_bench(args: argparse.Namespace, console: Console) -> None:

@@ -155,6 +155,32 @@ def cnn_bn() -> nn.Module:
     )
 
 
+# --- the classic MNIST table's fully connected nets (LeCun et al. 1998 and later rows) ----------
+# ReLU hidden units: the rows do not say, so the entries list it as an assumption.
+
+
+def _register_fixed_mlp(name: str, sizes: tuple[int, ...], row: str) -> None:
+    def factory() -> nn.Module:
+        return _mlp(list(sizes))
+
+    shape = "-".join(map(str, (784, *sizes, 10)))
+    units = "ReLU hidden units" if sizes else "no hidden layer"
+    factory.__doc__ = f"{shape}, {units} ({row})."
+    register_model(name, "mlp")(factory)
+
+
+for _name, _sizes, _row in (
+    ("linear", (), "linear classifier, 1-layer NN"),
+    ("mlp-300", (300,), "2-layer NN, 300 hidden units"),
+    ("mlp-1000", (1000,), "2-layer NN, 1000 hidden units"),
+    ("mlp-300-100", (300, 100), "3-layer NN, 300+100 hidden units"),
+    ("mlp-500-150", (500, 150), "3-layer NN, 500+150 hidden units"),
+    ("mlp-800", (800,), "2-layer NN, 800 HU"),
+    ("mlp-500-300", (500, 300), "3-layer NN, 500+300 HU"),
+):
+    _register_fixed_mlp(_name, _sizes, _row)
+
+
 # --- parametric architectures whose shapes come from the trial -----------------------------------
 
 

@@ -312,8 +312,10 @@ def test_reproduce_then_leaderboard_in_process(tiny_mnist, tmp_path, one_thread,
     assert torch.get_num_threads() == 1  # the CPU default (one_thread restores it)
     assert cli.main(["leaderboard", *settings]) == 0
     md = (tmp_path / "leaderboard.md").read_text()
-    assert "| cnn-conv32-adam | test (accuracy) |" in md and "| 1 | [97.5%, 98.5%) |" in md
-    assert "| mlp-400-200-100-sgd |  |  | 0 | 97.70% | not run |  |" in md
+    assert "| cnn-conv32-adam | test (accuracy) |" in md
+    assert "| 1 | [97.5%, 98.5%) accuracy |" in md
+    assert "| mlp-400-200-100-sgd |  |  |  | 0 | 97.70% accuracy | not run |  |" in md
+    assert "| lenet5-lecun98 |  |  |  | 0 | 0.95% error | not run |  |" in md
     assert "cnn-conv32-adam seed 0:" in capsys.readouterr().out
 
 

@@ -1,8 +1,10 @@
 import platform
+from pathlib import Path
 
+import pytest
 import torch
 
-from bench import host
+from bench import cli, finalists, host
 
 
 def test_tune_sets_threads_and_reports_what_it_set(monkeypatch):
@@ -42,3 +44,27 @@ def test_an_explicit_omp_num_threads_wins(monkeypatch):
         assert host.tune()["threads"] == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_every_command_that_trains_applies_the_host_settings(tiny_mnist, tmp_path, monkeypatch,
+                                                             one_thread):
+    """reproduce and finalize train as study does: with the allocator setting (and finalize with
+    study's threads; reproduce keeps its own one thread). promote only reads a table."""
+    calls = []
+    monkeypatch.setattr(host, "tune", lambda **kw: calls.append(kw) or {})
+    assert cli.main(["reproduce", "ENTRY=cnn-conv32-adam", "N_SEEDS=1", "DEVICE=cpu",
+                     f"RESULTS_DIR={tmp_path}"]) == 0
+    assert calls == [{"threads": False}] and torch.get_num_threads() == 1
+
+    class Stop(Exception):
+        pass
+
+    def finalize(*args, **kwargs):
+        raise Stop(list(calls))
+
+    calls.clear()
+    monkeypatch.setattr(cli, "_folder", lambda name, overrides: Path(tmp_path))
+    monkeypatch.setattr(finalists, "finalize", finalize)
+    with pytest.raises(Stop) as seen:
+        cli.main(["finalize", "mlp_vs_cnn", "DEVICE=cpu", f"RESULTS_DIR={tmp_path}"])
+    assert seen.value.args[0] == [{}]  # before any training: threads and allocator

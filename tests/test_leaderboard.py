@@ -1,4 +1,5 @@
-"""Leaderboard entries against DESIGN.md's table (read from the recipes' code), and the verdict."""
+"""Leaderboard entries against their sources (DESIGN.md's table for the tutorial recipes, the
+classic MNIST table's rows for the classic ones), the verdict rule, and the table."""
 
 import json
 import math
@@ -112,6 +113,80 @@ def test_fixed_variants_change_one_quirk_each():
     assert differing(soft, soft_fixed) == ({"recipe"}, {"arch"})
 
 
+# The classic MNIST table's rows (yann.lecun.com/exdb/mnist), wording and test error as listed.
+CLASSIC = {
+    "linear-lecun98": dict(hidden=[], loss="cross_entropy", error=0.12,
+                           row="linear classifier (1-layer NN)", by="LeCun et al. 1998"),
+    "mlp-300-mse-lecun98": dict(hidden=[300], loss="mse_onehot", error=0.047,
+                                row="2-layer NN, 300 hidden units, mean square error",
+                                by="LeCun et al. 1998"),
+    "mlp-1000-lecun98": dict(hidden=[1000], loss="cross_entropy", error=0.045,
+                             row="2-layer NN, 1000 hidden units", by="LeCun et al. 1998"),
+    "mlp-300-100-lecun98": dict(hidden=[300, 100], loss="cross_entropy", error=0.0305,
+                                row="3-layer NN, 300+100 hidden units", by="LeCun et al. 1998"),
+    "mlp-500-150-lecun98": dict(hidden=[500, 150], loss="cross_entropy", error=0.0295,
+                                row="3-layer NN, 500+150 hidden units", by="LeCun et al. 1998"),
+    "mlp-800-ce-simard03": dict(hidden=[800], loss="cross_entropy", error=0.016,
+                                row="2-layer NN, 800 HU, Cross-Entropy Loss",
+                                by="Simard, Steinkraus and Platt, ICDAR 2003"),
+    "mlp-500-300-hinton": dict(hidden=[500, 300], loss="cross_entropy", error=0.0153,
+                               row="3-layer NN, 500+300 HU, softmax, cross entropy, weight decay",
+                               by="Hinton, unpublished, 2005"),
+    "lenet5-lecun98": dict(hidden=None, loss="cross_entropy", error=0.0095,
+                           row="Convolutional net LeNet-5, [no distortions]",
+                           by="LeCun et al. 1998"),
+}
+
+
+def test_the_classic_group_is_the_table_rows():
+    assert [e.id for e in leaderboard.CLASSICS] == list(CLASSIC)
+    assert {leaderboard.group_of(i) for i in CLASSIC} == {"classic"}
+
+
+@pytest.mark.parametrize("entry_id", list(CLASSIC))
+def test_classic_entry_matches_its_source_row(entry_id):
+    want, entry = CLASSIC[entry_id], E[entry_id]
+    assert f"'{want['row']}', preprocessing none" in entry.source and want["by"] in entry.source
+    assert (entry.claim, entry.claim_unit) == (want["error"], "error")
+    assert entry.loss == want["loss"]
+    # all 60k training images, scored once on test after the last epoch: nothing is selected
+    assert (entry.split, entry.eval_on, entry.metric) == ("all", "test", "accuracy")
+    assert entry.eval_every_epoch is False
+    model = train.build(entry.recipe, 640, CPU)[0]
+    mods = list(model.modules())
+    linear = [m for m in mods if isinstance(m, torch.nn.Linear)]
+    if want["hidden"] is not None:  # 784 inputs, the row's hidden units, 10 outputs
+        assert [m.in_features for m in linear][0] == 784
+        assert [m.out_features for m in linear] == [*want["hidden"], 10]
+        assert sum(isinstance(m, torch.nn.ReLU) for m in mods) == len(want["hidden"])
+        assert not any(isinstance(m, torch.nn.Conv2d | torch.nn.Softmax) for m in mods)
+    else:  # LeNet-5: C1 6@5x5 on the image padded to 32x32, S2, C3 16@5x5, S4, 120-84-10
+        conv = [(c.in_channels, c.out_channels, c.kernel_size, c.padding)
+                for c in mods if isinstance(c, torch.nn.Conv2d)]
+        assert conv == [(1, 6, (5, 5), (2, 2)), (6, 16, (5, 5), (0, 0))]
+        assert sum(isinstance(m, torch.nn.AvgPool2d) for m in mods) == 2
+        assert [m.out_features for m in linear] == [120, 84, 10]
+        assert any("C3" in d for d in entry.deviations)  # the known departures are listed
+    # what the row leaves open is fixed and written down: optimizer, lr, batch, epochs, inputs
+    said = " ".join(entry.assumptions)
+    assert f"lr {entry.recipe.lr:g}" in said and f"batches of {entry.recipe.batch_size}" in said
+    assert f"{entry.recipe.epochs} epochs" in said and "initialisation" in said
+    assert (entry.normalization == "mnist") == ("Normalize(0.1307, 0.3081)" in said + " ".join(
+        entry.deviations))
+    assert (entry.recipe.weight_decay > 0) == ("weight decay" in want["row"])
+
+
+def test_mse_loss_on_one_hot_targets():
+    out, y = torch.tensor([[0.5, 0.0, 0.2], [0.0, 1.0, 0.0]]), torch.tensor([0, 2])
+    # per example: (0.5-1)^2 + 0 + 0.2^2 = 0.29 and 0 + 1 + 1 = 2; mean over the batch
+    mse = leaderboard.LOSSES["mse_onehot"]
+    assert mse(out, y).item() == pytest.approx((0.29 + 2) / 2)
+    assert mse(F.one_hot(y, 3).float(), y).item() == 0
+    out.requires_grad_(True)
+    mse(out, y).backward()  # d/d out = 2 (out - target) / batch
+    assert torch.allclose(out.grad, (out - F.one_hot(y, 3).float()).detach())
+
+
 def _raw(n, seed):
     images, labels = synthetic_digits(n, seed)
     return data.Raw(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels), {})
@@ -173,46 +248,97 @@ def test_one_hot_loss_equals_class_index_loss():
                           F.cross_entropy(out, y))
 
 
-@pytest.mark.parametrize(("mean", "std", "claim", "expected"), [
-    (0.9770, 0.0010, 0.9770, "reproduced"),
-    (0.9745, 0.0010, 0.9770, "reproduced"),  # 0.25 pp off: inside the 0.3 pp floor
-    (0.9735, 0.0010, 0.9770, "below claim"),  # 0.35 pp off, 2·std = 0.2 pp
-    (0.9735, 0.0020, 0.9770, "reproduced"),  # 2·std = 0.4 pp covers it
-    (0.9800, math.nan, 0.9770, "reproduced"),  # one seed: exactly the 0.3 pp tolerance
-    (0.9801, math.nan, 0.9770, "above claim"),
-    (0.9750, 0.0005, (0.975, 0.985), "reproduced"),  # interval: low is inside
-    (0.9850, 0.0005, (0.975, 0.985), "above claim"),  # high is outside ({:.0f} gives 99%)
-    (0.9741, 0.0100, (0.975, 0.985), "below claim"),  # the spread does not widen an interval
-    (0.9100, 0.0100, None, "no claim"),
+@pytest.mark.parametrize(("mean", "std", "claim", "unit", "expected"), [
+    (0.9770, 0.0010, 0.9770, "accuracy", "reproduced"),
+    (0.9745, 0.0010, 0.9770, "accuracy", "reproduced"),  # 0.25 pp off: inside the 0.3 pp band
+    (0.9735, 0.0010, 0.9770, "accuracy", "worse than claim"),  # 0.35 pp off, 2·std = 0.2 pp
+    (0.9735, 0.0020, 0.9770, "accuracy", "reproduced"),  # 2·std = 0.4 pp covers it
+    (0.9800, math.nan, 0.9770, "accuracy", "reproduced"),  # one seed: exactly the 0.3 pp band
+    (0.9801, math.nan, 0.9770, "accuracy", "better than claim"),
+    # an interval claim by the same band: reproduced when the band overlaps [low, high)
+    (0.9739, 0.0017, (0.975, 0.985), "accuracy", "reproduced"),  # issue 13's cnn-conv32-adam
+    (0.9720, math.nan, (0.975, 0.985), "accuracy", "reproduced"),  # band touches low
+    (0.9719, math.nan, (0.975, 0.985), "accuracy", "worse than claim"),  # band ends below low
+    (0.9715, 0.0010, (0.975, 0.985), "accuracy", "worse than claim"),
+    (0.9879, math.nan, (0.975, 0.985), "accuracy", "reproduced"),  # band starts below high
+    (0.9881, math.nan, (0.975, 0.985), "accuracy", "better than claim"),
+    (0.9741, 0.0100, (0.975, 0.985), "accuracy", "reproduced"),  # a wide spread overlaps
+    # an error claim e is the accuracy claim 1 - e
+    (0.9840, math.nan, 0.016, "error", "reproduced"),
+    (0.9800, 0.0010, 0.016, "error", "worse than claim"),  # 1.6% claimed, 2.0% measured
+    (0.9880, 0.0005, 0.0305, "error", "better than claim"),
+    (0.9600, math.nan, (0.03, 0.05), "error", "reproduced"),  # error [3%, 5%): accuracy 95-97%
+    (0.9100, 0.0100, None, "accuracy", "no claim"),
 ])
-def test_verdict_rule(mean, std, claim, expected):
-    assert leaderboard.verdict(mean, std, claim) == expected
+def test_verdict_rule(mean, std, claim, unit, expected):
+    assert leaderboard.verdict(mean, std, claim, unit) == expected
 
 
 def _rows(entry, accs, device="cpu: test", digest=None):
     return pd.DataFrame([{
         "entry": entry.id, "seed": s, "acc": a, "eval_on": entry.eval_on, "metric": entry.metric,
-        "claim": json.dumps(entry.claim), "seconds_per_epoch": 2.0, "device": device,
+        "claim": json.dumps(entry.claim), "claim_unit": entry.claim_unit,
+        "seconds_per_epoch": 2.0, "device": device,
         "entry_hash": digest or entry.digest, "git_sha": "abc", "versions": "torch=x",
         "threads": 1} for s, a in enumerate(accs)])
 
 
 def test_summary_and_markdown_from_hand_made_rows():
-    mlp, cnn = E["mlp-400-200-100-sgd"], E["cnn-conv32-adam"]
-    rows = pd.concat([_rows(mlp, [0.978, 0.976, 0.977]), _rows(cnn, [0.974], digest="old")])
-    summary = leaderboard.summarize(rows, E).set_index("entry")
-    assert summary.loc[mlp.id, "mean"] == pytest.approx(0.977)
-    assert summary.loc[mlp.id, "std"] == pytest.approx(0.001)
-    assert summary.loc[mlp.id, "verdict"] == "reproduced"
-    assert summary.loc[cnn.id, "verdict"] == "below claim" and summary.loc[cnn.id, "stale"]
-    assert summary.loc["mlp-128-128-adam", "verdict"] == "not run"
-    md = leaderboard.markdown(summary.reset_index(), rows, E)
-    assert "| mlp-400-200-100-sgd | test (accuracy) | 97.70% ± 0.10% | 3 | 97.70% | " \
-           "reproduced | 2.00 |" in md
-    assert "| cnn-conv32-adam | test (accuracy) | 97.40% | 1 | [97.5%, 98.5%) | below claim " \
-           "(stale: definition changed) | 2.00 |" in md
-    assert "- device: cpu: test" in md and "one seed" in md and "on CPU" in md
+    mlp, cnn, lin = E["mlp-400-200-100-sgd"], E["cnn-conv32-adam"], E["linear-lecun98"]
+    rows = pd.concat([_rows(mlp, [0.978, 0.976, 0.977]), _rows(cnn, [0.970], digest="old"),
+                      _rows(lin, [0.925])])
+    summary = leaderboard.summarize(rows, E)
+    by_id = summary.set_index("entry")
+    assert by_id.loc[mlp.id, "mean"] == pytest.approx(0.977)
+    assert by_id.loc[mlp.id, "std"] == pytest.approx(0.001)
+    assert by_id.loc[mlp.id, "verdict"] == "reproduced"
+    assert by_id.loc[cnn.id, "verdict"] == "worse than claim" and by_id.loc[cnn.id, "stale"]
+    assert by_id.loc[lin.id, "verdict"] == "better than claim"  # 7.5% error against 12.0%
+    assert by_id.loc["mlp-128-128-adam", "verdict"] == "not run"
+    # groups in order, each sorted by error, entries not run last in theirs
+    tutorial = summary[summary["group"] == "tutorial"]["entry"].tolist()
+    assert tutorial[:2] == [mlp.id, cnn.id] and len(tutorial) == len(leaderboard.TUTORIALS)
+    assert summary["group"].tolist() == sorted(
+        summary["group"], key=list(leaderboard.GROUPS).index)
+    assert summary[summary["group"] == "classic"]["entry"].iloc[0] == lin.id
+    md = leaderboard.markdown(summary, E)
+    assert md.index("## Tutorial recipes") < md.index("## The classic MNIST table")
+    assert "| mlp-400-200-100-sgd | test (accuracy) | 2.30% ± 0.10% | 97.70% ± 0.10% | 3 | " \
+           "97.70% accuracy | reproduced | 2.00 |" in md
+    assert "| cnn-conv32-adam | test (accuracy) | 3.00% | 97.00% | 1 | [97.5%, 98.5%) " \
+           "accuracy | worse than claim (stale: definition changed) | 2.00 |" in md
+    assert "| linear-lecun98 | test (accuracy) | 7.50% | 92.50% | 1 | 12.00% error | " \
+           "better than claim | 2.00 |" in md
+    assert "| mlp-128-128-adam |  |  |  | 0 | none | not run |  |" in md
+    assert f"Verdict: {leaderboard.RULE}" in md
+    assert "- device: cpu: test" not in md and "device: cpu: test; git_sha: abc" in md
+    assert "one seed" in md and "on CPU" in md
     assert "deviation: images are never flattened" in md
+    assert "assumption: Adam lr 0.001, batches of 128" in md
+
+
+def test_committed_rows_are_kept_for_entries_without_runs():
+    mlp, cnn = E["mlp-400-200-100-sgd"], E["cnn-conv32-adam"]
+    first = leaderboard.summarize(pd.concat([_rows(mlp, [0.978, 0.976]), _rows(cnn, [0.97])]), E)
+    committed = json.loads(json.dumps(leaderboard.records(first), default=str))  # as on disk
+    assert [r["entry"] for r in committed] == [mlp.id, cnn.id]
+    again = leaderboard.summarize(_rows(cnn, [0.98, 0.982]), E, committed)
+    by_id = again.set_index("entry")
+    assert by_id.loc[mlp.id, "kept"] and not by_id.loc[cnn.id, "kept"]
+    assert by_id.loc[cnn.id, "seeds"] == 2  # the new runs replace the committed row
+    old_md, new_md = (leaderboard.markdown(x, E).splitlines() for x in (first, again))
+    changed = {line.split(" | ")[0] for line in set(old_md) ^ set(new_md) if line.startswith("| ")}
+    assert changed == {f"| {cnn.id}"}
+    assert math.isnan(by_id.loc[cnn.id, "std"]) is False and by_id.loc[mlp.id, "seeds"] == 2
+
+
+def test_unreadable_committed_records_are_one_clear_error(tmp_path):
+    path = tmp_path / "leaderboard.json"
+    assert leaderboard.read_committed(path) == []
+    path.write_text('[{"entry": "x"}]')
+    with pytest.raises(ValueError, match="unreadable leaderboard records .*expected a list of "
+                                         "records with entry, group"):
+        leaderboard.read_committed(path)
 
 
 def test_entries_round_trip_through_json(tmp_path):
@@ -237,12 +363,12 @@ def test_bad_entries_name_the_value_and_the_choices():
         leaderboard.check(replace(E["mlp-128-128-adam"], val_size=0))
 
 
-def test_a_float32_recipe_keeps_the_digest_it_had_before_precision_existed():
+def test_a_float32_recipe_keeps_the_digest_it_had_before_later_fields_existed():
     import hashlib
 
     entry = leaderboard.RECIPES[0]
     d = entry.to_dict()
-    del d["recipe"]["precision"]
+    del d["recipe"]["precision"], d["claim_unit"], d["assumptions"]
     before = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert entry.digest == before
     assert replace(entry, recipe=replace(entry.recipe, precision="bf16")).digest != before

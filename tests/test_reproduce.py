@@ -1,14 +1,18 @@
 """Reproducing entries end to end on tiny MNIST files: tables, test-access log, checkpoints."""
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from rich.console import Console
 
-from bench import data, leaderboard, reproduce, train
+from bench import cli, data, leaderboard, reproduce, store, train
 
 E = {e.id: e for e in leaderboard.RECIPES}
 CPU = torch.device("cpu")
@@ -54,6 +58,7 @@ def test_reproduce_writes_rows_epochs_and_logs_test_access(tiny_mnist, tmp_path,
     assert stored["device"].str.startswith("cpu").all() and (stored["threads"] == 1).all()
     assert (stored["seconds_per_epoch"] > 0).all() and set(stored["claim"]) == {
         "[0.975, 0.985]", "null"}
+    assert set(stored["claim_unit"]) == {"accuracy"}
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(x["code"], x["seed"]) for x in lines] == [
         ("bench.reproduce.reproduce", None), ("bench.reproduce.train_entry", 0),
@@ -104,6 +109,76 @@ def test_checkpoint_reloads_with_weights_only(tiny_mnist, tmp_path):
 def test_unknown_results_dir_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no leaderboard results at .*run make reproduce first"):
         reproduce.read_rows(tmp_path)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _committed_board(results: Path) -> tuple[list[str], list[dict]]:
+    """A leaderboard as a fresh clone has it: hand-made runs of every entry summarised by the
+    command, then leaderboard.parquet gone (results/ is not committed, the table is)."""
+    entries = leaderboard.all_entries()
+    rows = pd.DataFrame([{
+        "entry": e.id, "seed": s, "acc": 0.95 + 0.001 * i + 0.002 * s, "eval_on": e.eval_on,
+        "metric": e.metric, "claim": json.dumps(e.claim), "claim_unit": e.claim_unit,
+        "seconds_per_epoch": 1.0 + i, "device": "cpu: committed", "git_sha": "c0ffee",
+        "versions": "torch=x", "threads": 1, "entry_hash": e.digest,
+        "datetime_start": pd.Timestamp("2026-01-01", tz="UTC")}
+        for i, e in enumerate(entries.values()) for s in range(3)])
+    store.write_parquet(results / "leaderboard.parquet", rows)
+    assert cli.main(["leaderboard", f"RESULTS_DIR={results}"]) == 0
+    (results / "leaderboard.parquet").unlink()
+    return ((results / "leaderboard.md").read_text().splitlines(),
+            json.loads((results / "leaderboard.json").read_text()))
+
+
+def _table_rows(lines: list[str]) -> dict[str, str]:
+    return {line.split(" | ")[0][2:]: line for line in lines
+            if line.startswith("| ") and not line.startswith("| entry |")}
+
+
+def test_make_leaderboard_after_one_entry_keeps_every_other_committed_row(
+        tiny_mnist, tmp_path, one_thread):
+    results = tmp_path / "results"
+    before_md, before_json = _committed_board(results)
+    assert len(_table_rows(before_md)) == len(leaderboard.all_entries())
+    assert cli.main(["reproduce", "ENTRY=cnn-conv32-adam", "N_SEEDS=1", "DEVICE=cpu",
+                     f"RESULTS_DIR={results}"]) == 0
+    proc = subprocess.run(["make", "-s", "leaderboard", f"RESULTS_DIR={results}",
+                           f"PYTHON={sys.executable}"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "updated from leaderboard.parquet: cnn-conv32-adam" in proc.stdout
+    assert "kept as committed: " in proc.stdout
+    after_md = (results / "leaderboard.md").read_text().splitlines()
+    old, new = _table_rows(before_md), _table_rows(after_md)
+    assert old.keys() == new.keys()
+    assert {k for k in old if old[k] != new[k]} == {"cnn-conv32-adam"}
+    assert "| 1 | [97.5%, 98.5%) accuracy |" in new["cnn-conv32-adam"]
+    after_json = json.loads((results / "leaderboard.json").read_text())
+    changed = [a["entry"] for a, b in zip(before_json, after_json, strict=False) if a != b]
+    assert len(after_json) == len(before_json) and "cnn-conv32-adam" in changed
+    keep = {r["entry"]: r for r in before_json if r["entry"] != "cnn-conv32-adam"}
+    assert keep == {r["entry"]: r for r in after_json if r["entry"] != "cnn-conv32-adam"}
+    assert any(line.startswith("- cnn-conv32-adam: device: cpu") for line in after_md)
+    assert any("device: cpu: committed" in line for line in after_md)  # the kept rows' runs
+
+
+def test_a_table_without_its_records_is_refused_not_wiped(tiny_mnist, tmp_path, one_thread,
+                                                          capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    old = "# Leaderboard\n\n| mlp-400-200-100-sgd | test (accuracy) | 98.21% | 1 |\n"
+    (results / "leaderboard.md").write_text(old)
+    assert cli.main(["reproduce", "ENTRY=cnn-conv32-adam", "N_SEEDS=1", "DEVICE=cpu",
+                     f"RESULTS_DIR={results}"]) == 0
+    capsys.readouterr()
+    assert cli.main(["leaderboard", f"RESULTS_DIR={results}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {results}/leaderboard.md has no leaderboard.json beside it")
+    assert err.count("\n") == 1 and "mlp-400-200-100-sgd" in err
+    assert (results / "leaderboard.md").read_text() == old
+    assert not (results / "leaderboard.json").exists()
 
 
 @pytest.mark.slow
