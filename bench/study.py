@@ -334,7 +334,7 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     spaces = validate(study, cfg)
     space = space_for(study, cfg)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes go to the store and table
-    families = list(study.families)
+    families = list(spaces)
     quota = math.ceil(cfg.trials / len(families))
     space_hash = _space_hash(spaces, study, cfg.precision)
     out = cfg.out

@@ -117,6 +117,12 @@ def summary_table(trials: pd.DataFrame) -> Table:
     df.insert(2, "outcomes", [f"{r['completed']}/{r['pruned']}/{r['cut by budget']}/{r['failed']}"
                               for r in df.to_dict("records")])
     df = df.drop(columns=["completed", "pruned", "cut by budget", "failed"])
+    if "optimizer" in df:  # one column, so the table fits a terminal
+        df["optimizer, lr, bs"] = [
+            "–" if pd.isna(r["optimizer"]) else
+            f"{r['optimizer']}, {r['lr']:.2g}, {int(r['batch size'])}"
+            for r in df.to_dict("records")]
+        df = df.drop(columns=["optimizer", "lr", "batch size"])
     return rich_table(df, "Best trial per family (validation only; test is held out)",
                       "outcomes: completed / pruned / cut by the time budget / failed")
 
