@@ -132,7 +132,8 @@ def reproduce(entries: list[Entry], n_seeds: int, device: torch.device, results_
         test_raw = data.load_test()
     prov = provenance.collect(device)
     rows = []
-    with progress_bars(console, transient=True) as progress:
+    with progress_bars(console, transient=False) as progress:
+        runs = progress.add_task("runs (entries x seeds)", total=len(entries) * n_seeds)
         for entry in entries:
             split, x_eval, y_eval = inputs(entry, train_raw, test_raw, device)
             md5 = {**train_raw.md5, **(test_raw.md5 if entry.eval_on == "test" else {})}
@@ -149,6 +150,7 @@ def reproduce(entries: list[Entry], n_seeds: int, device: torch.device, results_
                                              lambda e, m, t=task: progress.advance(t) or False)
                 wall = time.perf_counter() - start
                 progress.remove_task(task)
+                progress.advance(runs)
                 ckpt = out / "checkpoints" / entry.id / f"seed{seed}.pt"
                 if save:
                     save_checkpoint(model, ckpt)

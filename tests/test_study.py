@@ -419,3 +419,16 @@ def test_mlp_vs_cnn_asks_what_it_asked_before():
         assert space.sample(trial).arch == family
         assert "arch" not in trial.params and "normalization" not in trial.params
         assert space.normalization_of(trial) == "mnist"
+
+
+def test_the_readme_example_study_loads_and_validates(tmp_path, monkeypatch):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Writing a study", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "adam_vs_sgd.py").write_text(code)
+    monkeypatch.setattr(cli, "STUDIES_DIR", tmp_path)
+    definition = cli.load_study("adam_vs_sgd")
+    cfg = study.resolve(definition, "adam_vs_sgd", torch.device("cpu"), {})
+    spaces = study.validate(definition, cfg)
+    assert {f: s.optimizers for f, s in spaces.items()} == {"sgd": ("sgd",), "adam": ("adam",)}
+    assert cfg.timeout == 240
