@@ -64,7 +64,8 @@ def _check_every_plot_drawn(browser, page, expected: int) -> None:
     assert len(plots) == expected
     for plot in plots:  # drawn: an SVG with at least one trace layer holding marks
         assert plot.find_elements(By.CSS_SELECTOR, ".main-svg")
-        assert plot.find_elements(By.CSS_SELECTOR, ".trace, .hm, image, path.point")
+        marks = ".trace, .hm, image, path.point, .parcoords .y-axis"  # parcoords: axes + canvas
+        assert plot.find_elements(By.CSS_SELECTOR, marks), plot.get_attribute("innerHTML")[:300]
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
 
