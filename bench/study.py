@@ -387,7 +387,13 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
                 left = [f for f in families if (now[f][0] < quota or now[f][2])
                         and (budget is None or used[f] < budget)]
                 if not left:
-                    break
+                    # The study command also waits out the other workers' trials: one whose
+                    # worker died (a database sees it only GRACE_S later) is failed and its
+                    # retry run, instead of being left RUNNING.
+                    if joining or not any(n[1] for n in now.values()):
+                        break
+                    time.sleep(POLL_S)
+                    continue
                 # Running trials of other workers count as taken, so the study ends with at
                 # most WORKERS - 1 trials over its quota (plus the retries of dead workers'
                 # trials); a worker with nothing to start waits for them to finish, or to die
