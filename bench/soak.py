@@ -241,12 +241,13 @@ def run(cfg: Config, console: Console) -> Path:
     kind = "postgresql" if cfg.storage else "journal"
     out = cfg.results_dir / "soak" / f"{started:%Y%m%dT%H%M%SZ}-{kind}"
     folder = out / f"{STUDY}-smoke"
-    folder.mkdir(parents=True)
     journal = folder / "optuna.journal"
     db = storage.open_storage(cfg.storage, journal) if cfg.storage else None
     if db is not None and (names := optuna.get_all_study_names(db)):
-        raise SoakFailed(f"STORAGE={storage.masked(cfg.storage)} already holds studies "
-                         f"({', '.join(names)}); a soak needs an empty database")
+        raise storage.StorageError(f"STORAGE={storage.masked(cfg.storage)} already holds "
+                                   f"studies ({', '.join(names)}); a soak needs an empty "
+                                   "database")
+    folder.mkdir(parents=True)
     rng = random.Random(cfg.seed)
     seen: dict[tuple[str, int], float] = {}
     with (out / "children.log").open("a") as log:
@@ -284,13 +285,14 @@ def run(cfg: Config, console: Console) -> Path:
             chaos.stop_all()  # on any error too: nothing this soak started is left running
         seen = {**completed_values(read_trials(db)), **seen}
         trials = read_trials(db)
-        asked = len(trials) * max((sum(map(outcomes.counts, ts)) for ts in trials.values()),
-                                  default=1)
+        asked = len(trials) * max([1, *(sum(map(outcomes.counts, ts)) for ts in trials.values())])
         console.print(f"chaos over: {len(chaos.kills)} kills in {minutes:.1f} min; finishing "
                       f"with TRIALS={asked} WORKERS={cfg.workers}")
         status = _finish(chaos.command("study", trials=asked, workers=cfg.workers), log)
     trials = read_trials(db)
-    parquet = pd.read_parquet(folder / "trials.parquet")
+    found = folder / "trials.parquet"
+    parquet = pd.read_parquet(found) if found.is_file() else pd.DataFrame(
+        columns=["family", "number", "state", "value", "stop_reason"])
     checks = [Check("finish run's exit status", str(status), status == 0),
               Check("processes that ended without being killed", str(len(chaos.own_exits)),
                     not chaos.own_exits),
