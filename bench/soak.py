@@ -309,6 +309,8 @@ def run(cfg: Config, console: Console) -> Path:
         "failed_killed": sum(outcomes.stop_reason(t) == "killed"
                              for ts in trials.values() for t in ts),
         "retried": sum("retry_of" in t.user_attrs for ts in trials.values() for t in ts),
+        "given_up": sum(outcomes.stop_reason(t) == "killed" and t.user_attrs.get("attempt", 1)
+                        >= storage.MAX_ATTEMPTS for ts in trials.values() for t in ts),
         "checks": [vars(c) for c in checks], "ok": all(c.ok for c in checks),
         "kill_log": chaos.kills, "own_exits": chaos.own_exits, "command": _command(cfg),
     }
@@ -350,9 +352,10 @@ def table(summary: dict) -> Table:
     for col in ("", "value", "ok"):
         out.add_column(col, justify="right" if col == "value" else "left")
     out.add_row("kills by kind", f"{kills} ({summary['kills_at_end']} at the end)", "")
-    out.add_row("trials finished / pruned / failed-killed / retried",
+    out.add_row("trials finished / pruned / failed-killed / retried / given up after "
+                f"{storage.MAX_ATTEMPTS} runs",
                 f"{summary['finished']} / {summary['pruned']} / {summary['failed_killed']} / "
-                f"{summary['retried']}", "")
+                f"{summary['retried']} / {summary['given_up']}", "")
     for c in summary["checks"]:
         out.add_row(c["name"], c["shown"], "yes" if c["ok"] else "NO")
     return out
