@@ -251,9 +251,12 @@ def _sub_studies(study: Study, cfg: RunConfig, db: optuna.storages.BaseStorage, 
         raise storage.StorageError(f"{where} holds other studies ({', '.join(other)}), not "
                                    f"{', '.join(names.values())}; choose another RESULTS_DIR")
     for name in ours:
-        seen = {(t.user_attrs.get("split_hash"), t.user_attrs.get("space_hash"))
-                for t in db.get_all_trials(db.get_study_id_from_name(name), False)}
-        if seen - {(None, None), (prov["split_hash"], prov["space_hash"])}:
+        # Each hash on its own: a trial records them one after the other, so one killed (or
+        # still starting) in between holds the first only.
+        seen = {(k, t.user_attrs[k]) for t in db.get_all_trials(db.get_study_id_from_name(name),
+                                                                   False)
+                for k in ("split_hash", "space_hash") if k in t.user_attrs}
+        if seen - {("split_hash", prov["split_hash"]), ("space_hash", prov["space_hash"])}:
             raise ValueError(f"{where} holds a study with another split, search space or "
                              "precision (SEED, DEVICE, PRECISION or the study file changed); "
                              "continue it with its own settings or choose another RESULTS_DIR")
