@@ -30,8 +30,9 @@ FINALIZE_KEYS := NAME K SEEDS DEVICE REFRESH SMOKE RESULTS_DIR
 REPRODUCE_KEYS := ENTRY N_SEEDS DEVICE SAVE THREADS RESULTS_DIR
 BENCH_KEYS := DEVICE EPOCHS QUICK MODELS ROWS SEED RESULTS_DIR
 BENCH_STUDY_KEYS := NAME TRIALS WORKERS DEVICE SEED SMOKE RESULTS_DIR
+SOAK_KEYS := STORAGE MINUTES WORKERS SEED RESULTS_DIR
 
-.PHONY: help setup study worker finalize report reproduce promote leaderboard bench bench-study list test \
+.PHONY: help setup study worker finalize report reproduce promote leaderboard bench bench-study soak list test \
   test-full test-gpu lint clean
 
 help: ## show this help
@@ -43,6 +44,7 @@ help: ## show this help
 	@echo "reproduce settings: ENTRY N_SEEDS=3 DEVICE=auto|cpu|cuda SAVE=1 THREADS RESULTS_DIR"
 	@echo "bench settings: DEVICE=auto|cpu|cuda EPOCHS QUICK=1 MODELS=a,b ROWS=a,b SEED RESULTS_DIR"
 	@echo "bench-study settings: NAME TRIALS=20 WORKERS=1,2 DEVICE SEED SMOKE=1 RESULTS_DIR"
+	@echo "soak settings: MINUTES=5 WORKERS=4 SEED STORAGE=postgresql://... RESULTS_DIR"
 	@echo "PYTHON=python3 uses that interpreter instead of creating $(VENV)"
 
 setup: $(SETUP) ## create .venv and install the package with dev tools (idempotent)
@@ -81,6 +83,10 @@ bench: $(SETUP) ## seconds per epoch, tutorial pipeline vs harness: make bench [
 
 bench-study: $(SETUP) ## trials per minute, 1 vs more workers: make bench-study NAME=x [TRIALS=20 WORKERS=1,2]
 	@$(PY) -m bench bench-study $(call env,$(BENCH_STUDY_KEYS)) $(MAKEOVERRIDES)
+
+# Not echoed (@): STORAGE= may hold a password.
+soak: $(SETUP) ## kill a smoke study's processes at random, then check: make soak [MINUTES=5 WORKERS=4 STORAGE=]
+	@$(PY) -m bench soak $(call env,$(SOAK_KEYS)) $(MAKEOVERRIDES)
 
 list: $(SETUP) ## list registered models, optimizers, schedules and studies
 	@$(PY) -m bench list

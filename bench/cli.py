@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import math
 import re
 import sys
 import time
@@ -31,6 +32,7 @@ from bench import (
     promote,
     report,
     reproduce,
+    soak,
     speed,
     storage,
     study,
@@ -150,6 +152,23 @@ REPRODUCE_KEYS: dict[str, Callable[[str], Any]] = {
     "ENTRY": str, "N_SEEDS": _positive_int, "DEVICE": _device, "SAVE": _flag,
     "THREADS": _positive_int, "RESULTS_DIR": _nonempty,
 }
+
+
+def _minutes(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise ValueError("a number of minutes > 0") from None
+    if not 0 < f < math.inf:
+        raise ValueError("a number of minutes > 0")
+    return f
+
+
+SOAK_KEYS: dict[str, Callable[[str], Any]] = {
+    "STORAGE": storage.check_url, "MINUTES": _minutes, "WORKERS": _positive_int, "SEED": _int,
+    "RESULTS_DIR": _nonempty,
+}
+SOAK_MINUTES, SOAK_WORKERS = 5.0, 4
 PROMOTE_KEYS: dict[str, Callable[[str], Any]] = {"NAME": str, "RESULTS_DIR": _nonempty}
 LEADERBOARD_KEYS: dict[str, Callable[[str], Any]] = {"RESULTS_DIR": _nonempty}
 
@@ -360,6 +379,14 @@ def cmd_bench_study(args: argparse.Namespace, console: Console) -> None:
     console.print(f"results: {throughput.run(cfg, console)}")
 
 
+def cmd_soak(args: argparse.Namespace, console: Console) -> None:
+    o = parse_overrides(args.settings, SOAK_KEYS)
+    cfg = soak.Config(storage=o.get("storage"), minutes=o.get("minutes", SOAK_MINUTES),
+                      workers=o.get("workers", SOAK_WORKERS), seed=o.get("seed", 0),
+                      results_dir=Path(o.get("results_dir", "results")))
+    console.print(f"soak passed: {soak.run(cfg, console)}/soak.json", markup=False)
+
+
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
     # The studies load first: a study file may register a model of its own (@register_model).
     questions = {name: " ".join(load_study(name).question.split("\n\n")[0].split())
@@ -400,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
          "seconds per epoch: the tutorial pipeline vs the harness", False),
         ("bench-study", cmd_bench_study, BENCH_STUDY_KEYS,
          "trials per minute of a study with 1 and with several workers", True),
+        ("soak", cmd_soak, SOAK_KEYS,
+         "kill a smoke study's processes at random for minutes, then check nothing was lost",
+         False),
     )
     for command, func, keys, text, named in commands:
         p = sub.add_parser(command, help=text)
@@ -422,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    except outcomes.StudyFailing as exc:
+    except (outcomes.StudyFailing, soak.SoakFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. an unwritable RESULTS_DIR

@@ -276,9 +276,12 @@ def _sub_studies(study: Study, spaces: dict[str, Space], cfg: RunConfig,
         raise storage.StorageError(f"{where} holds other studies ({', '.join(other)}), not "
                                    f"{', '.join(names.values())}; choose another RESULTS_DIR")
     for name in ours:
-        seen = {(t.user_attrs.get("split_hash"), t.user_attrs.get("space_hash"))
-                for t in db.get_all_trials(db.get_study_id_from_name(name), False)}
-        if seen - {(None, None), (prov["split_hash"], prov["space_hash"])}:
+        # Each hash on its own: a trial records them one after the other, so one killed (or
+        # still starting) in between holds the first only.
+        seen = {(k, t.user_attrs[k]) for t in db.get_all_trials(db.get_study_id_from_name(name),
+                                                                   False)
+                for k in ("split_hash", "space_hash") if k in t.user_attrs}
+        if seen - {("split_hash", prov["split_hash"]), ("space_hash", prov["space_hash"])}:
             raise ValueError(f"{where} holds a study with another split, search space or "
                              "precision (SEED, DEVICE, PRECISION or the study file changed); "
                              "continue it with its own settings or choose another RESULTS_DIR")
@@ -427,7 +430,13 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
                 left = [f for f in families if (now[f][0] < quota or now[f][2])
                         and (budget is None or used[f] < budget)]
                 if not left:
-                    break
+                    # The study command also waits out the other workers' trials: one whose
+                    # worker died (a database sees it only GRACE_S later) is failed and its
+                    # retry run, instead of being left RUNNING.
+                    if joining or not any(n[1] for n in now.values()):
+                        break
+                    time.sleep(POLL_S)
+                    continue
                 # Running trials of other workers count as taken, so the study ends with at
                 # most WORKERS - 1 trials over its quota (plus the retries of dead workers'
                 # trials); a worker with nothing to start waits for them to finish, or to die

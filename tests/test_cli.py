@@ -67,6 +67,10 @@ def bench(*args, cwd=ROOT):
     (["bench-study", "nope"], f"error: unknown study 'nope'; valid: {STUDIES}"),
     (["report", "mlp_vs_cnn", "SEEDS=3"],
      "error: unknown setting 'SEEDS'; valid: NAME, SMOKE, RESULTS_DIR"),
+    (["soak", "MINUTES=nan"],
+     "error: MINUTES='nan' is not valid: expected a number of minutes > 0"),
+    (["soak", "NAME=mlp_vs_cnn"],
+     "error: unknown setting 'NAME'; valid: STORAGE, MINUTES, WORKERS, SEED, RESULTS_DIR"),
 ])
 def test_bad_input_is_one_line_and_nonzero_and_writes_nothing(args, message, tmp_path):
     proc = bench(*args, f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)

@@ -121,6 +121,24 @@ def test_resuming_on_another_split_is_refused(tiny_mnist, tmp_path):
     assert len(store.read(tmp_path / "results" / "t", "trials")) == 2
 
 
+def test_a_trial_killed_between_its_two_hashes_does_not_block_the_study(tiny_mnist, tmp_path):
+    """make soak found it: a worker refused the study after a kill landed between the writes."""
+    _, _, out = _run(tmp_path, trials=2)
+    db = storage.open_storage(None, out / "optuna.journal")
+    first = db.get_all_trials(db.get_study_id_from_name("t.mlp"))[0]
+    sub = optuna.load_study(study_name="t.mlp", storage=db)
+
+    def killed(**hashes: str) -> None:
+        sub.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs=hashes))
+
+    killed(split_hash=first.user_attrs["split_hash"])
+    trials, _, _ = _run(tmp_path, trials=4)  # continued, not refused
+    assert len(trials[trials["stop_reason"] != "killed"]) >= 4
+    killed(split_hash=first.user_attrs["split_hash"], space_hash="another")
+    with pytest.raises(ValueError, match="another split, search space or precision"):
+        _run(tmp_path, trials=6)
+
+
 def test_time_budget_is_split_between_families(tiny_mnist, tmp_path):
     trials, _, _ = _run(tmp_path, trials=1000, timeout=6)
     counts = trials.groupby("family").size()
