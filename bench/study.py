@@ -70,10 +70,15 @@ class Study:
     cpu_families: dict[str, dict[str, Any]] | None = None  # when the CPU asks about other values
     trials: dict[str, int] = field(default_factory=lambda: {"cpu": 100, "cuda": 100})
     timeout: dict[str, float | None] = field(default_factory=lambda: {"cpu": None, "cuda": None})
+    # TPE with constant_liar: with several workers a running trial counts as a poor result, so
+    # parallel processes do not all sample next to the same promising point. Hyperband on the
+    # epochs, from one epoch up to the family's most.
     sampler: Callable[[int], optuna.samplers.BaseSampler] = (
-        lambda seed: optuna.samplers.TPESampler(seed=seed))
+        lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=8,
+                                                constant_liar=True))
     pruner: Callable[[int], optuna.pruners.BasePruner] = (
-        lambda max_epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+        lambda max_epochs: optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max_epochs, reduction_factor=3))
     val_size: int = 10_000
 
 

@@ -20,8 +20,6 @@ second, so large batches are favoured there; on GPU each family gets the same tr
 Run: make study NAME=batch_size  (CPU: 8 minutes; add TIMEOUT=, TRIALS=, SEED=, SMOKE=1)
 """
 
-import optuna
-
 from bench.space import Space
 from bench.study import Study
 
@@ -52,8 +50,4 @@ STUDY = Study(
     # GPU: 30 trials per batch size. CPU: 96 s per batch size.
     trials={"cpu": 1000, "cuda": 210},
     timeout={"cpu": 480, "cuda": None},
-    sampler=lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=8,
-                                                    constant_liar=True),
-    pruner=lambda max_epochs: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=max_epochs, reduction_factor=3),
 )

@@ -17,8 +17,6 @@ runs. Completed trials are compared on their final validation accuracy, which is
 Run: make study NAME=mlp_vs_cnn  (add DEVICE=cpu, TRIALS=, TIMEOUT=, SEED=, SMOKE=1)
 """
 
-import optuna
-
 from bench.space import Space
 from bench.study import Study
 
@@ -48,10 +46,5 @@ STUDY = Study(
     # GPU: 50 trials per family. CPU: 7 minutes per family (the trial cap is out of reach).
     trials={"cpu": 1000, "cuda": 100},
     timeout={"cpu": 840, "cuda": None},
-    # constant_liar: with several workers, a running trial counts as a poor result, so parallel
-    # processes do not all sample next to the same promising point.
-    sampler=lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=8,
-                                                    constant_liar=True),
-    pruner=lambda max_epochs: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=max_epochs, reduction_factor=3),
+    # Sampler and pruner: the Study defaults, TPE (constant_liar) and Hyperband on epochs.
 )

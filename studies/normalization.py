@@ -17,8 +17,6 @@ in the best accuracy once the learning rate (and batch norm, an option of the ML
 Run: make study NAME=normalization  (CPU: 6 minutes; add TIMEOUT=, TRIALS=, SEED=, SMOKE=1)
 """
 
-import optuna
-
 from bench.space import Space
 from bench.study import Study
 
@@ -44,8 +42,4 @@ STUDY = Study(
     # GPU: 40 trials per family. CPU: 2 minutes per family.
     trials={"cpu": 1000, "cuda": 120},
     timeout={"cpu": 360, "cuda": None},
-    sampler=lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=8,
-                                                    constant_liar=True),
-    pruner=lambda max_epochs: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=max_epochs, reduction_factor=3),
 )

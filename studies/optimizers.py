@@ -18,8 +18,6 @@ Expect small gaps and ties. Unlike that paper, Adam's epsilon keeps its default 
 Run: make study NAME=optimizers  (CPU: 8 minutes; add TIMEOUT=, TRIALS=, SEED=, SMOKE=1)
 """
 
-import optuna
-
 from bench.space import Space
 from bench.study import Study
 
@@ -45,8 +43,4 @@ STUDY = Study(
     # GPU: 40 trials per family. CPU: 2 minutes per family (the trial cap is out of reach).
     trials={"cpu": 1000, "cuda": 160},
     timeout={"cpu": 480, "cuda": None},
-    sampler=lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=8,
-                                                    constant_liar=True),
-    pruner=lambda max_epochs: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=max_epochs, reduction_factor=3),
 )

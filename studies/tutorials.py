@@ -18,8 +18,6 @@ per-batch means, test); the table names each one's scoring.
 Run: make study NAME=tutorials  (CPU: 8 minutes; add TIMEOUT=, TRIALS=, SEED=, SMOKE=1)
 """
 
-import optuna
-
 from bench.space import Space
 from bench.study import Study
 
@@ -49,8 +47,4 @@ STUDY = Study(
     # GPU: 40 trials per family. CPU: 96 s per family.
     trials={"cpu": 1000, "cuda": 200},
     timeout={"cpu": 480, "cuda": None},
-    sampler=lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=8,
-                                                    constant_liar=True),
-    pruner=lambda max_epochs: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=max_epochs, reduction_factor=3),
 )
