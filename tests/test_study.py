@@ -1,5 +1,6 @@
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -450,3 +451,26 @@ def test_the_readme_example_study_loads_and_validates(tmp_path, monkeypatch):
     spaces = study.validate(definition, cfg)
     assert {f: s.optimizers for f, s in spaces.items()} == {"sgd": ("sgd",), "adam": ("adam",)}
     assert cfg.timeout == 240
+
+
+def test_numbers_are_formatted_for_people():
+    df = pd.DataFrame({"family": ["mlp"], "best val acc": [0.98091], "params": [345908],
+                       "total s": [0.333], "trial s": [7.71], "lr": [0.0031234],
+                       "val loss": [0.12345], "gap pp": [-0.5], "p Holm": [0.0123]})
+    assert tables.human(df).iloc[0].to_dict() == {
+        "family": "mlp", "best val acc": "98.09%", "params": "345,908", "total s": "0.333",
+        "trial s": "7.71", "lr": "0.0031", "val loss": "0.1235", "gap pp": "-0.50",
+        "p Holm": "0.012"}
+    assert tables.seconds(840.4) == "840" and tables.seconds(1234.0) == "1,234"
+    assert tables.human(pd.DataFrame({"test acc": [float("nan")]})).iloc[0, 0] == "–"
+
+
+def test_progress_bars_count_each_family_and_say_which_trials_are_this_process(tiny_mnist,
+                                                                               tmp_path):
+    console = Console(record=True, width=150, file=io.StringIO())
+    cfg = study.RunConfig(name="t", trials=4, timeout=None, device="cpu", seed=0, smoke=False,
+                          results_dir=tmp_path / "results")
+    study.run(replace(STUDY, space=replace(SPACE, epochs=(1, 1))), cfg, console)
+    text = console.export_text()
+    assert re.search(r"trials mlp \(2 by this process\) .* 2/2", text)
+    assert re.search(r"trials cnn \(2 by this process\) .* 2/2", text)
