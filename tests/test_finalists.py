@@ -1,5 +1,6 @@
 """finalize: only the validation-chosen finalists are retrained and scored; every read logged."""
 
+import io
 import json
 
 import pandas as pd
@@ -100,3 +101,17 @@ def test_finalists_retrain_in_the_precision_their_study_trained_in(tiny_mnist, t
                                 refresh=False, console=QUIET)
     assert len(result) == 2 and precisions == ["bf16", "bf16"]
     assert {json.loads(r)["precision"] for r in result["recipe"]} == {"bf16"}
+
+
+def test_finalize_says_when_a_family_has_fewer_trials_than_k_and_prints_the_verdict(
+        tiny_mnist, tmp_path):
+    trials, _, out = _run(tmp_path, trials=4)  # 2 per family, some pruned
+    done = trials[trials["state"] == "COMPLETE"].groupby("family").size()
+    console = Console(record=True, width=200, file=io.StringIO())
+    result = finalists.finalize(STUDY, out, train.resolve_device("cpu"), k=3, seeds=1,
+                                refresh=False, console=console)
+    text = console.export_text()
+    for family, n in done.items():
+        assert (result["family"] == family).sum() == n
+        assert f"{family}: only {n} completed trial" in text and "instead of K=3" in text
+    assert "Test verdict" in text and "(best on validation)" in text
