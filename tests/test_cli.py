@@ -72,11 +72,20 @@ def bench(*args, cwd=ROOT):
     (["soak", "NAME=mlp_vs_cnn"],
      "error: unknown setting 'NAME'; valid: STORAGE, MINUTES, WORKERS, SEED, RESULTS_DIR"),
 ])
-def test_bad_input_is_one_line_and_nonzero_and_writes_nothing(args, message, tmp_path):
-    proc = bench(*args, f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == message
+def test_bad_input_is_one_line_and_nonzero_and_writes_nothing(args, message, tmp_path,
+                                                             monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # in-process: a `python -m bench` per case costs ~3 s of imports
+    code = cli.main([*args, f"RESULTS_DIR={tmp_path / 'r'}"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == message
     assert not (tmp_path / "r").exists() and not (tmp_path / "results").exists()
+
+
+def test_bad_input_from_a_real_process_is_one_line_and_exit_2(tmp_path):
+    proc = bench("study", "nope", "TRIALS=0", f"RESULTS_DIR={tmp_path / 'r'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: TRIALS='0' is not valid: expected a positive integer"
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("command", ["finalize", "report"])
