@@ -81,7 +81,7 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
         console.print(f"{target} exists: reusing its test scores; the test split was not read "
                       "(REFRESH=1 retrains and scores again)")
         finalists = pd.read_parquet(target)
-        print_verdict(out, finalists, console)
+        print_verdict(finalists, pd.read_parquet(out / "test_predictions.parquet"), console)
         return finalists
     trials = store.read(out, "trials")
     chosen = select(trials, k)
@@ -156,17 +156,16 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
     store.write_parquet(out / "misclassified.parquet", _misclassified(predictions, test.images))
     store.write_parquet(target, finalists)  # last: its presence means the set is complete
     console.print(table)
-    print_verdict(out, finalists, console)
+    print_verdict(finalists, predictions, console)
     return finalists
 
 
-def print_verdict(out: Path, finalists: pd.DataFrame, console: Console) -> None:
+def print_verdict(finalists: pd.DataFrame, predictions: pd.DataFrame, console: Console) -> None:
     """The test verdict for the terminal, as the report shows it: every family against the
     best on validation, paired on the same images, Holm-adjusted."""
     if finalists["family"].nunique() < 2 or finalists["test_acc"].notna().sum() == 0:
         return
-    verdicts, line = stats.family_verdicts(finalists,
-                                           pd.read_parquet(out / "test_predictions.parquet"))
+    verdicts, line = stats.family_verdicts(finalists, predictions)
     console.print(rich_table(verdicts, "Test verdict (rank-1 finalists; gap = family − "
                                        "reference, 95% paired bootstrap CI, Holm-adjusted p)"))
     console.print(line, markup=False)

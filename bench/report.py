@@ -368,9 +368,9 @@ def _optional(out: Path, table: str) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.is_file() else None
 
 
-def test_section(out: Path, name: str) -> tuple[list[str | go.Figure], str]:
+def test_section(out: Path, name: str,
+                 finalists: pd.DataFrame | None) -> tuple[list[str | go.Figure], str]:
     """The finalists' part of the page and the one-line test verdict (empty before finalize)."""
-    finalists = _optional(out, "finalists")
     if finalists is None or finalists["test_acc"].notna().sum() == 0:
         return ([f"<p>No test numbers yet: the test set is still held out. "
                  f"<code>make finalize NAME={html.escape(name)}</code> retrains the finalists "
@@ -456,10 +456,10 @@ def build(out: Path, name: str) -> Path:
     importances = _optional(out, "importances")
     run = store.last_study_run(out)
     access = store.read_jsonl(out / "test_access.jsonl")
-    test_parts, verdict = test_section(out, name)
+    finalists = _optional(out, "finalists")
+    test_parts, verdict = test_section(out, name, finalists)
     answer = [comparison(trials), verdict]
     done = trials[trials["state"] == "COMPLETE"]
-    finalists = _optional(out, "finalists")
     title, x = scientific_axis(run.get("families"), _families(trials))
     glance: list[str | go.Figure] = [scientific_figure(trials, finalists, title, x)] if len(
         done) else []
