@@ -100,6 +100,7 @@ STUDY_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "TRIALS": _positive_int, "TIMEOUT": _seconds, "DEVICE": _device,
     "SEED": _int, "SMOKE": _flag, "RESULTS_DIR": _nonempty, "WORKERS": _positive_int,
     "STORAGE": storage.check_url, "PRECISION": _precision, "FAST": _flag,
+    "REPLICATES": _positive_int,
 }
 # A worker joins a study that exists and takes its settings (study.RUN_KEYS: trials, timeout,
 # device, seed, precision, ...) from the storage; only where to find it, and how many processes
@@ -231,6 +232,7 @@ def load_study(name: str) -> study.Study:
     found = getattr(module, "STUDY", None)
     if not isinstance(found, study.Study):
         raise UsageError(f"studies/{name}.py defines no STUDY = Study(...)")
+    study.check(found, f"studies/{name}.py: ")  # both devices' families, whichever runs now
     return found
 
 
@@ -388,6 +390,8 @@ def cmd_soak(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
+    from bench import reference  # docs/knobs.md's knobs, a study file's own models too
+
     # The studies load first: a study file may register a model of its own (@register_model).
     questions = {name: " ".join(load_study(name).question.split("\n\n")[0].split())
                  for name in study_names()}
@@ -400,6 +404,9 @@ def cmd_list(args: argparse.Namespace, console: Console) -> None:
     console.print(table)
     console.print("optimizers: " + ", ".join(sorted(optim.OPTIMIZERS)))
     console.print("schedules:  " + ", ".join(sorted(optim.SCHEDULES)))
+    console.print("knobs a study may narrow, default ranges (all defaults: docs/knobs.md):")
+    for line in reference.knob_lines():
+        console.print(f"  {line}", markup=False)
     console.print("leaderboard entries: " + ", ".join(leaderboard.all_entries()))
     for name, question in questions.items():
         console.print(f"study {name}: {question}")

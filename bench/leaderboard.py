@@ -343,7 +343,13 @@ Claim = float | tuple[float, float] | None
 
 def as_accuracy(claim: Claim, unit: str = "accuracy") -> Claim:
     """The claim as accuracy: an error e is 1 - e, and an error interval [lo, hi) is
-    (1 - hi, 1 - lo]."""
+    (1 - hi, 1 - lo].
+
+    Any other unit is refused rather than read as an error: a missing unit turned into the
+    string "nan" once made 97.75% measured against a 97.70% accuracy claim "better than claim".
+    """
+    if unit not in CLAIM_UNITS:
+        raise ValueError(f"unknown claim unit {unit!r}; valid: {', '.join(CLAIM_UNITS)}")
     if claim is None or unit == "accuracy":
         return claim
     if isinstance(claim, tuple | list):
@@ -357,10 +363,13 @@ def verdict(mean: float, std: float, claim: Claim, unit: str = "accuracy") -> st
     The band is mean ± max(2·std, 0.3 pp); one seed has no std, so the 0.3 pp alone sets it. A
     point claim is reproduced when it lies inside the band, an interval claim [low, high) when
     the band overlaps it; otherwise the measured accuracy is worse or better than the claim.
+    A NaN mean (every seed diverged or was never scored) is "no result": no band can hold it.
     """
+    claim = as_accuracy(claim, unit)
     if claim is None:
         return "no claim"
-    claim = as_accuracy(claim, unit)
+    if math.isnan(mean):
+        return "no result"
     spread = max(2 * (0.0 if math.isnan(std) else std), TOLERANCE) + 1e-12
     interval = isinstance(claim, tuple | list)
     low, high = claim if interval else (claim, claim)
@@ -393,6 +402,15 @@ def _joined(column: pd.Series) -> str:
     return ", ".join(sorted(set(column.astype(str))))
 
 
+def _unit(row: pd.Series | dict[str, Any]) -> str:
+    """A row's claim unit; rows written before `claim_unit` existed (a missing column, or NaN
+    where `reproduce._merge` concatenated them with newer rows) claimed accuracy, the only unit
+    there was then."""
+    unit = row.get("claim_unit")
+    return "accuracy" if unit is None or (isinstance(unit, float) and math.isnan(unit)) else (
+        str(unit))
+
+
 def _record(entry_id: str, got: pd.DataFrame) -> dict[str, Any]:
     """One entry's runs in leaderboard.parquet, summarised with their provenance."""
     first = got.iloc[0]
@@ -402,7 +420,7 @@ def _record(entry_id: str, got: pd.DataFrame) -> dict[str, Any]:
         "mean": float(got["acc"].mean()),
         "std": float(got["acc"].std()) if len(got) > 1 else math.nan,
         "claim": _claim(json.loads(first["claim"])),
-        "claim_unit": str(first["claim_unit"]) if "claim_unit" in got else "accuracy",
+        "claim_unit": _unit(first),
         "seconds_per_epoch": float(got["seconds_per_epoch"].mean()),
         "device": _joined(got["device"]), "git_sha": _joined(got["git_sha"]),
         "versions": _joined(got["versions"]), "threads": _joined(got["threads"]),
@@ -421,7 +439,7 @@ def summarize(rows: pd.DataFrame, entries: dict[str, Entry],
     are judged now, by today's rule and definitions.
     """
     fresh = {i: _record(i, rows[rows["entry"] == i]) for i in dict.fromkeys(rows["entry"])}
-    old = {r["entry"]: {**r, "claim": _claim(r["claim"]),
+    old = {r["entry"]: {**r, "claim": _claim(r["claim"]), "claim_unit": _unit(r),
                         "std": math.nan if r["std"] is None else r["std"]}
            for r in kept if r["entry"] not in fresh}
     out = []
@@ -479,8 +497,10 @@ def _cells(s: pd.Series) -> list[str]:
         return [s["entry"], "", "", "", "0", claim, s["verdict"], ""]
     spread = "" if math.isnan(s["std"]) else f" ± {s['std']:.2%}"
     flag = " (stale: definition changed)" if s["stale"] else ""
-    return [s["entry"], s["scored"], f"{s['error']:.2%}{spread}", f"{s['mean']:.2%}{spread}",
-            str(s["seeds"]), claim, s["verdict"] + flag, f"{s['seconds_per_epoch']:.2f}"]
+    error, acc = (("none", "none") if math.isnan(s["mean"])
+                  else (f"{s['error']:.2%}{spread}", f"{s['mean']:.2%}{spread}"))
+    return [s["entry"], s["scored"], error, acc, str(s["seeds"]), claim, s["verdict"] + flag,
+            f"{s['seconds_per_epoch']:.2f}"]
 
 
 HEADERS = ("entry", "scored on", "error (mean ± std)", "accuracy (mean ± std)", "seeds",

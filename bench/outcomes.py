@@ -41,16 +41,17 @@ def stop_reason(t: optuna.trial.FrozenTrial) -> str:
     return t.user_attrs.get("stop_reason", "")
 
 
-def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Optuna trials -> the store's trials and epochs tables."""
+def frames(subs: dict[tuple[int, str], optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Optuna trials of each (replicate, family) sub-study -> the store's trials and epochs."""
     rows, epochs = [], []
     ran = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-    for family, sub in subs.items():
+    for (replicate, family), sub in subs.items():
         for t in sub.get_trials(deepcopy=False, states=ran):  # not the queued (WAITING) ones
             ua, hist = t.user_attrs, t.user_attrs.get("epochs", [])
             stop = stop_reason(t)
             rows.append({
-                "family": family, "number": t.number, "state": t.state.name,
+                "family": family, "replicate": replicate, "number": t.number,
+                "state": t.state.name,
                 "arch": ua.get("arch"), "value": t.value,
                 "best_val_acc": max((h["val_acc"] for h in hist), default=math.nan),
                 "final_val_acc": hist[-1]["val_acc"] if hist else math.nan,
@@ -66,7 +67,8 @@ def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "normalization": ua.get("normalization"),
                 **{f"param_{k}": v for k, v in t.params.items()},
             })
-            epochs += [{"family": family, "number": t.number, **h} for h in hist]
+            epochs += [{"family": family, "replicate": replicate, "number": t.number, **h}
+                       for h in hist]
     trials = pd.DataFrame(rows, columns=list(store.TRIAL_COLUMNS) if not rows else None)
     trials["pruned_at"] = trials["pruned_at"].astype("Int64")
     # Parameters absent from some trials (conditional ones) would turn ints into floats and
@@ -82,10 +84,11 @@ def frames(subs: dict[str, optuna.Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return trials, pd.DataFrame(epochs, columns=list(store.EPOCH_COLUMNS))
 
 
-def importances(subs: dict[str, optuna.Study]) -> pd.DataFrame:
-    """Optuna's default evaluator per family, on completed trials' validation objective."""
+def importances(subs: dict[tuple[int, str], optuna.Study]) -> pd.DataFrame:
+    """Optuna's default evaluator per (replicate, family), on completed trials' validation
+    objective."""
     rows = []
-    for family, sub in subs.items():
+    for (replicate, family), sub in subs.items():
         if len(sub.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
             continue
         try:
@@ -94,7 +97,8 @@ def importances(subs: dict[str, optuna.Study]) -> pd.DataFrame:
                 found = optuna.importance.get_param_importances(sub)
         except (ValueError, RuntimeError):  # e.g. no parameter varies across complete trials
             continue
-        rows += [{"family": family, "param": p, "importance": v} for p, v in found.items()]
+        rows += [{"family": family, "replicate": replicate, "param": p, "importance": v}
+                 for p, v in found.items()]
     return pd.DataFrame(rows, columns=list(store.IMPORTANCE_COLUMNS))
 
 

@@ -20,7 +20,8 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from bench import stats, store
-from bench.tables import comparison, family_summary, human
+from bench.store import read_verdicts, with_replicate
+from bench.tables import best_per_replicate, comparison, family_summary, human
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 CUT = "#b0b0b0"  # trials stopped early (pruned or out of budget)
@@ -48,28 +49,36 @@ def _families(df: pd.DataFrame) -> list[str]:
 def history_figure(trials: pd.DataFrame) -> go.Figure:
     """Each trial's validation accuracy and the best so far, against trial number and seconds.
 
-    Seconds are the family's own cumulative trial time, the budget a family is given.
+    Seconds are the family's own cumulative trial time in its replicate, the budget a family is
+    given; each replicate has its own best-so-far line.
     """
     fig = make_subplots(1, 2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("by trial number", "by the family's training seconds"))
     col = colors(_families(trials))
-    for family, df in trials.sort_values("number").groupby("family", sort=False):
+    trials = with_replicate(trials).sort_values("number")
+    first = True
+    for (family, replicate), df in trials.groupby(["family", "replicate"], sort=False):
         seconds = df["wall_seconds"].fillna(0).cumsum()
         done = df["state"] == "COMPLETE"
         best = df["value"].where(done).cummax().ffill()
+        legend = bool(first or replicate == trials.loc[trials["family"] == family,
+                                                       "replicate"].min())
         for c, x in enumerate((df["number"], seconds), start=1):
+            shown = legend and c == 1
             fig.add_scatter(x=x[done], y=error(df["value"][done]), mode="markers", row=1, col=c,
-                            name=f"{family} completed", legendgroup=family, showlegend=c == 1,
+                            name=f"{family} completed", legendgroup=family, showlegend=shown,
                             marker={"color": col[family], "size": 6})
             fig.add_scatter(x=x[~done], y=error(df["final_val_acc"][~done]), mode="markers",
                             row=1,
                             col=c, name=f"{family} stopped early (last val acc)",
-                            legendgroup=family, showlegend=c == 1,
+                            legendgroup=family, showlegend=shown,
                             marker={"color": col[family], "size": 6, "symbol": "x-thin-open"})
             fig.add_scatter(x=x, y=error(best), mode="lines",
                             line={"color": col[family], "shape": "hv"},
-                            row=1, col=c, name=f"{family} best so far", legendgroup=family,
-                            showlegend=c == 1)
+                            row=1, col=c, name=f"{family} best so far (one line a replicate)",
+                            legendgroup=family, showlegend=shown,
+                            hovertext=f"{family} replicate {replicate}")
+        first = False
     fig.update_xaxes(title_text="trial number", row=1, col=1)
     fig.update_xaxes(title_text="seconds", row=1, col=2)
     fig.update_yaxes(type="log")
@@ -208,26 +217,36 @@ def scientific_axis(families: dict[str, dict] | None, names: list[str]) -> tuple
 def scientific_figure(trials: pd.DataFrame, finalists: pd.DataFrame | None, title: str,
                       x: dict) -> go.Figure:
     """The answer at a glance: per family, the best trial's validation error and, once
-    finalized, the rank-1 finalist's test error (mean ± std over its seeds)."""
-    best = trials[trials["state"] == "COMPLETE"].groupby("family")["value"].max()
+    finalized, the rank-1 finalist's test error; medians over replicates, bars from the lowest
+    to the highest replicate."""
+    bests = best_per_replicate(trials).groupby("family")["value"]
+    best, low, high = bests.median(), bests.min(), bests.max()
     order = [f for f in x if f in best.index]
     numeric = title != "family"
     if numeric:
         order.sort(key=lambda f: x[f])
     xs = [x[f] for f in order]
     fig = go.Figure()
+    def bars(mid: pd.Series, lo: pd.Series, hi: pd.Series, shown: list[str]) -> dict:
+        # error() turns the highest accuracy into the lowest error: the bars swap ends
+        return {"type": "data", "symmetric": False,
+                "array": [error(mid[f]) - error(hi[f]) for f in shown],
+                "arrayminus": [error(lo[f]) - error(mid[f]) for f in shown]}
+
     fig.add_scatter(x=xs, y=[error(best[f]) for f in order], mode="lines+markers" if numeric
-                    else "markers", name="best trial, validation", text=order,
+                    else "markers", name="best trial, validation (median over replicates)",
+                    text=order, error_y=bars(best, low, high, order),
                     marker={"size": 10, "color": PALETTE[0]})
     if finalists is not None and finalists["test_acc"].notna().any():
-        first = finalists[(finalists["rank"] == 1) & finalists["test_acc"].notna()]
-        acc = first.groupby("family")["test_acc"]
-        mean, std = acc.mean(), acc.std(ddof=1).fillna(0)
-        shown = [f for f in order if f in mean.index]
-        fig.add_scatter(x=[x[f] for f in shown], y=[error(mean[f]) for f in shown],
-                        error_y={"type": "data", "array": [std[f] * 100 for f in shown]},
+        scores = stats.replicate_scores(finalists).dropna(subset=["test_acc"])
+        acc = scores.groupby("family")["test_acc"]
+        mid, lo, hi = acc.median(), acc.min(), acc.max()
+        shown = [f for f in order if f in mid.index]
+        fig.add_scatter(x=[x[f] for f in shown], y=[error(mid[f]) for f in shown],
+                        error_y=bars(mid, lo, hi, shown),
                         mode="lines+markers" if numeric else "markers", text=shown,
-                        name="rank-1 finalist, test (mean ± std over seeds)",
+                        name="rank-1 finalist, test (median over replicates of the mean over "
+                             "seeds)",
                         marker={"size": 10, "symbol": "diamond", "color": PALETTE[1]})
     log_x = numeric and min(xs) > 0 and max(xs) / min(xs) >= 8
     fig.update_xaxes(title_text=title, type="log" if log_x else None,
@@ -298,6 +317,9 @@ def importance_parts(importances: pd.DataFrame | None,
             f"than {MIN_IMPORTANCE_TRIALS} are not shown.</p>")
     if importances is None or importances.empty:
         return [note]
+    if "replicate" in importances:  # one bar per family and parameter: the replicates' mean
+        importances = importances.groupby(["family", "param"], sort=False, as_index=False)[
+            "importance"].mean()
     kept = importances[importances["family"].map(done).fillna(0) >= MIN_IMPORTANCE_TRIALS]
     return [note, importance_figure(kept)] if len(kept) else [note]
 
@@ -307,10 +329,12 @@ def importance_parts(importances: pd.DataFrame | None,
 def finalist_summary(finalists: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds per finalist; rank is by validation, as they were chosen."""
     rows = []
-    for (family, rank), df in finalists.groupby(["family", "rank"], sort=False):
+    for (family, replicate, rank), df in with_replicate(finalists).groupby(
+            ["family", "replicate", "rank"], sort=False):
         scored = df["test_acc"].dropna()
         rows.append({
-            "family": family, "rank": rank, "trial": df["number"].iloc[0],
+            "family": family, "replicate": replicate, "rank": rank,
+            "trial": df["number"].iloc[0],
             "arch": df["arch"].iloc[0], "params": df["params_count"].iloc[0],
             "chosen on val acc": df["trial_val_acc"].iloc[0],
             "seeds": len(scored), "diverged": int(df["test_acc"].isna().sum()),
@@ -376,18 +400,31 @@ def test_section(out: Path, name: str,
                  f"<code>make finalize NAME={html.escape(name)}</code> retrains the finalists "
                  "chosen on validation and scores them once on test.</p>"], "")
     predictions = pd.read_parquet(out / "test_predictions.parquet")
-    summary = finalist_summary(finalists)
-    best = stats.best_on_validation(finalists)
-    verdicts, verdict = stats.family_verdicts(finalists, predictions)
+    verdicts = read_verdicts(out, finalists)
+    k = int(with_replicate(finalists)["replicate"].nunique())
+    scores = stats.replicate_scores(finalists)
+    best = str(verdicts["reference"].iloc[0]) if len(verdicts) else stats.reference_family(
+        scores)
+    verdict = stats.answer(verdicts, k)
     parts: list[str | go.Figure] = [
-        "<p>Each family's top trials on <b>validation</b> were retrained on the same training "
-        "split with several seeds; each run was scored once on the 10,000 test images. "
-        "No other configuration was scored on test.</p>", _table(summary),
-        f"<p>The family best on validation ({html.escape(best)}) against every other family's "
-        "rank-1 finalist, paired on the same test images: gap = family − reference in "
-        "percentage points with its 95% paired-bootstrap interval; p = the largest exact "
-        "McNemar p over seed pairs, Holm-adjusted across the comparisons.</p>",
-        _table(verdicts), f"<p class='answer'>{html.escape(verdict)}</p>"]
+        "<p>In each replicate, each family's top trials on <b>validation</b> were retrained on "
+        "that replicate's training split with several seeds; each run was scored once on the "
+        "10,000 test images. No other configuration was scored on test.</p>",
+        _table(finalist_summary(finalists)),
+        f"<p><b>Family verdict.</b> The reference is the family best on validation "
+        f"({html.escape(best)}: the highest median over replicates of its retrained rank-1 "
+        "finalist's validation accuracy). Each other family's gap = family − reference in "
+        "percentage points, per replicate, then over replicates: the interval carries the "
+        "spread between replicates (search, split and training seeds) and the test images' "
+        "own noise; p is Holm-adjusted across the comparisons.</p>",
+        _table(stats.verdict_table(verdicts, "family"))]
+    diagnostic = stats.verdict_table(verdicts, "replicate")
+    if not diagnostic.empty:
+        parts += ["<p>Per replicate (a diagnostic about these finalists, not the family): the "
+                  "two rank-1 finalists paired on the same test images; better or worse only "
+                  "when every seed pair's McNemar test agrees in direction; the interval "
+                  "resamples seeds, then images.</p>", _table(diagnostic)]
+    parts.append(f"<p class='answer'>{html.escape(verdict)}</p>")
     mis = _optional(out, "misclassified")
     parts += [confusion_figure(predictions, best)]
     if mis is not None and (mis["family"] == best).any():  # a perfect score has no grid
@@ -404,14 +441,18 @@ def provenance_table(run: dict, trials: pd.DataFrame) -> pd.DataFrame:
         "git SHA": run.get("git_sha"), "versions": run.get("versions"),
         "device": run.get("device"), "torch threads": run.get("threads"),
         "deterministic algorithms": run.get("deterministic"),
-        "budget": f"{cfg.get('trials')} trials, timeout {cfg.get('timeout') or 'none'} s",
+        "budget": f"{cfg.get('replicates', 1)} replicate(s), each {cfg.get('trials')} trials"
+                  + (f" or {cfg['timeout']:.0f} s of training" if cfg.get("timeout") else "")
+                  + ", split equally between the families",
         "study wall time": f"{(ends.max() - start).total_seconds():.0f} s from "
                            f"{start:%Y-%m-%d %H:%M} (first trial start to last trial end)"
                            if len(trials) else "–",
-        "training seconds per family": ", ".join(
-            f"{f} {s:.0f} s" for f, s in trials.groupby("family", sort=False)["wall_seconds"]
-            .sum().items()),
-        "data MD5 (uncompressed)": run.get("data_md5"), "split hash": run.get("split_hash"),
+        "training seconds per family and replicate": ", ".join(
+            f"{f} r{r} {s:.0f} s" for (f, r), s in with_replicate(trials).groupby(
+                ["family", "replicate"], sort=False)["wall_seconds"].sum().items()),
+        "data MD5 (uncompressed)": run.get("data_md5"),
+        "split hash per replicate": json.dumps(run.get("split_hashes"))
+                                    if run.get("split_hashes") else run.get("split_hash"),
         "space hash": run.get("space_hash"),
         "resolved config": json.dumps(cfg, sort_keys=True),
         "search space": json.dumps(run.get("space"), sort_keys=True),
@@ -433,6 +474,7 @@ table.t{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 table.t td,table.t th{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;
 vertical-align:top}
 .answer{font-size:1.1em;font-weight:600}
+.smoke{background:#fff3cd;border:2px solid #d39e00;padding:.6em;font-weight:700}
 """
 
 
@@ -472,8 +514,11 @@ def build(out: Path, name: str) -> Path:
     space_parts = importance_parts(importances, trials)
     space_parts += [parallel_figure(trials, f) for f, n in done["family"].value_counts(
         sort=False).items() if n >= 3]  # fewer lines than that show nothing
+    smoke = ["<p class='smoke'>SMOKE RUN: a small subset of the training images, 1–2 epochs, "
+             "a handful of trials. It checks that the pipeline works; its numbers are not "
+             "findings.</p>"] if run.get("config", {}).get("smoke") else []
     sections = [
-        ("Question", [f"<pre>{html.escape(run.get('question', ''))}</pre>"]
+        ("Question", smoke + [f"<pre>{html.escape(run.get('question', ''))}</pre>"]
          + [f"<p class='answer'>{html.escape(a)}</p>" for a in answer if a] + glance),
         ("Per family (validation)", [_table(family_summary(trials))]),
         ("Optimisation history", [history_figure(trials)]),

@@ -30,10 +30,52 @@ def _check_range(name: str, lo: float, hi: float, positive: bool = True) -> None
         raise SpaceError(f"{name} range ({lo}, {hi}) must be > 0")
 
 
-def _is_interval(value: Any) -> bool:
+def _is_number(value: Any, whole: bool = False) -> bool:
+    """An int (or, unless `whole`, a float); a bool is not a number here."""
+    return isinstance(value, int if whole else int | float) and not isinstance(value, bool)
+
+
+def _is_interval(value: Any, whole: bool = False) -> bool:
     """A (low, high) pair of numbers; tuples of choices such as (False, True) are not."""
     return (isinstance(value, tuple) and len(value) == 2
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))
+            and all(_is_number(v, whole) for v in value))
+
+
+def _interval(what: str, value: Any, whole: bool) -> tuple:
+    """`value` as a (low, high) pair: one number means that fixed value (`lr=1e-3`)."""
+    if _is_number(value, whole):
+        return (value, value)
+    if not _is_interval(value, whole):
+        kind = "whole numbers" if whole else "numbers"
+        raise SpaceError(f"{what}={value!r}: expected a (low, high) pair of {kind}, or one "
+                         f"{kind[:-1]} for a fixed value")
+    return value
+
+
+def _choices(what: str, value: Any, kind: type, example: tuple) -> tuple:
+    """`value` as a non-empty tuple of `kind`; one number means that one choice (`(256,)`)."""
+    if kind is int and _is_number(value, whole=True):
+        return (value,)
+    if not isinstance(value, tuple) or not value or not all(
+            isinstance(v, kind) and not (kind is int and isinstance(v, bool)) for v in value):
+        raise SpaceError(f"{what} must be a tuple of choices, e.g. {what}={example!r}; got "
+                         f"{value!r}")
+    return value
+
+
+def _check_knob(what: str, value: Any, default: Any) -> None:
+    """A knob's range has its default's form: whole numbers for an integer knob such as
+    `width` (suggest_int), numbers for a float knob, a tuple of choices for a categorical one."""
+    if _is_interval(default):
+        whole = _is_interval(default, whole=True)
+        if not _is_interval(value, whole):
+            kind = "whole numbers" if whole else "numbers"
+            raise SpaceError(f"{what}={value!r}: expected a (low, high) pair of {kind}, like "
+                             f"its default {default!r}")
+        _check_range(what, *value, positive=False)
+    elif not isinstance(value, tuple) or not value:
+        raise SpaceError(f"{what}={value!r}: expected a non-empty tuple of choices, like its "
+                         f"default {default!r}")
 
 
 def _check_names(kind: str, names: tuple[str, ...], valid: list[str]) -> None:
@@ -50,6 +92,13 @@ class Space:
 
     Tuples of names or values are choices; (low, high) pairs of lr, epochs and weight decay are
     ranges. `normalization` names `data.NORMALIZATIONS`; with several, a trial samples one.
+    One number where a range or a batch size belongs fixes that value: `lr=1e-3` is
+    (1e-3, 1e-3), `epochs=3` is (3, 3), `batch_size=256` is (256,). lr and weight decay are
+    sampled log-scaled, so their ranges are > 0, except `weight_decay=0` (no decay) alone.
+    Epochs are whole numbers. A wrong form is refused when the Space is made, naming the field,
+    the value and the form expected; names and ranges are checked against the registries by
+    `validate`, as each registered knob's range against its default's form (an integer knob such
+    as the MLP's `width` takes whole numbers).
     """
 
     archs: tuple[str, ...] = ("mlp", "cnn")
@@ -64,13 +113,28 @@ class Space:
     schedule_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     normalization: tuple[str, ...] = ("mnist",)
 
-    def validate(self) -> None:
-        """Raise SpaceError naming the bad value and the valid choices."""
+    def __post_init__(self) -> None:
+        """Each field in its one form, or one line naming the field, value and form expected."""
         for name in CHOICES:
-            if not isinstance(getattr(self, name), tuple):
-                raise SpaceError(f"{name} must be a tuple of choices, e.g. "
-                                 f"{name}={getattr(Space(), name)!r}; got "
-                                 f"{getattr(self, name)!r}")
+            kind = int if name == "batch_size" else str
+            value = _choices(name, getattr(self, name), kind, _DEFAULTS[name])
+            object.__setattr__(self, name, value)
+        for name in INTERVALS:
+            value = _interval(name, getattr(self, name), whole=name == "epochs")
+            object.__setattr__(self, name, value)
+        for name in RANGES:
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, dict) for k, v in value.items()):
+                raise SpaceError(f"{name}={value!r}: expected a dict of a registered name to its "
+                                 "knobs' ranges, e.g. {'mlp': {'width': (32, 512)}}")
+
+    def validate(self, narrowed: bool = False) -> None:
+        """Raise SpaceError naming the bad value and the valid choices.
+
+        `narrowed`: a family's narrowing, which keeps the study's ranges of the names it took
+        out of play (`{"archs": ("cnn",)}` keeps the MLP's); those are skipped, not refused.
+        """
         archs = self.archs
         _check_names("architecture", archs, models.list_models())
         _check_names("normalization", self.normalization, list(data.NORMALIZATIONS))
@@ -81,22 +145,28 @@ class Space:
                   **{s: optim.SCHEDULES[s].space for s in self.schedules}}
         for ranges in (self.arch_ranges, self.optimizer_ranges, self.schedule_ranges):
             for name, kwargs in ranges.items():
+                if name not in spaces and narrowed:
+                    continue
                 if name not in spaces:
                     raise SpaceError(f"ranges given for {name!r}, which is not in play; "
                                      f"in play: {', '.join(spaces)}")
                 space = spaces[name]
                 known = list(inspect.signature(space).parameters)[1:] if space else []
+                defaults = _space_defaults(space)
                 for key, value in kwargs.items():
                     if key not in known:
                         raise SpaceError(f"{name} has no range {key!r}; valid: "
                                          f"{', '.join(known) or '(none)'}")
-                    if _is_interval(value):
-                        _check_range(f"{name}.{key}", *value, positive=False)
+                    _check_knob(f"{name}.{key}", value, defaults[key])
         if not self.batch_size or min(self.batch_size) <= 0:
             raise SpaceError(f"batch sizes {self.batch_size} must all be > 0")
         _check_range("lr", *self.lr)
         _check_range("epochs", *self.epochs)
-        _check_range("weight_decay", *self.weight_decay)
+        if self.weight_decay != (0, 0):  # exactly 0 is "no decay"; a range is log-sampled
+            if self.weight_decay[0] <= 0:
+                raise SpaceError(f"weight_decay range {self.weight_decay} must be > 0 (it is "
+                                 "sampled log-scaled); weight_decay=0 alone means no decay")
+            _check_range("weight_decay", *self.weight_decay)
 
     def sample(self, trial: optuna.Trial) -> Recipe:
         """Define-by-run: every name a trial suggests is prefixed by what owns it.
@@ -120,7 +190,8 @@ class Space:
             optimizer=opt,
             optimizer_kwargs=optim.optimizer_space(opt, trial,
                                                    **self.optimizer_ranges.get(opt, {})),
-            weight_decay=trial.suggest_float("weight_decay", *self.weight_decay, log=True),
+            weight_decay=trial.suggest_float("weight_decay", *self.weight_decay,
+                                             log=self.weight_decay[0] > 0),
             schedule=sched,
             schedule_kwargs=optim.schedule_space(sched, trial,
                                                  **self.schedule_ranges.get(sched, {})),
@@ -138,13 +209,41 @@ INTERVALS = ("lr", "epochs", "weight_decay")
 RANGES = {"arch_ranges": ("archs", models.get_model),
           "optimizer_ranges": ("optimizers", lambda n: optim.OPTIMIZERS[n]),
           "schedule_ranges": ("schedules", lambda n: optim.SCHEDULES[n])}
+_DEFAULTS = {name: f.default for name, f in Space.__dataclass_fields__.items()
+             if name in CHOICES}
+
+
+def _space_defaults(space: Any) -> dict[str, Any]:
+    """The ranges a space function samples when a study narrows none of them."""
+    if not space:
+        return {}
+    return {k: p.default for k, p in list(inspect.signature(space).parameters.items())[1:]}
 
 
 def _default_ranges(entry: Any) -> dict[str, Any]:
     """The ranges a registered space function samples when a study narrows none of them."""
-    if not entry.space:
-        return {}
-    return {k: p.default for k, p in list(inspect.signature(entry.space).parameters.items())[1:]}
+    return _space_defaults(entry.space)
+
+
+def _one_form(value: Any, interval: bool) -> list:
+    """A range as floats, choices sorted: ("sgd", "adam") is ("adam", "sgd")."""
+    return [float(v) for v in value] if interval else sorted(set(value), key=repr)
+
+
+def canonical(space: Space) -> dict[str, Any]:
+    """What a space samples, in one form: choices sorted, ranges as floats, each registered
+    space in play with its defaults filled in, ranges for names not in play dropped. Two spaces
+    with the same canonical form are the same space, however they were written."""
+    out: dict[str, Any] = {name: _one_form(getattr(space, name), name in INTERVALS)
+                           for name in (*CHOICES, *INTERVALS)}
+    for key, (owners, lookup) in RANGES.items():
+        out[key] = {}
+        for name in sorted(getattr(space, owners)):
+            defaults = _default_ranges(lookup(name))
+            ranges = {**defaults, **getattr(space, key).get(name, {})}
+            out[key][name] = {k: _one_form(v, _is_interval(defaults.get(k)))
+                              for k, v in sorted(ranges.items())}
+    return out
 
 
 def _within(what: str, value: Any, allowed: Any, choices: bool = False) -> None:
@@ -165,8 +264,9 @@ def narrow(space: Space, family: str, fields: Any) -> Space:
     """The study's space narrowed by one family's fields; refuses anything it does not allow.
 
     Any Space field may be narrowed: choices to a subset (`{"optimizers": ("sgd",)}`), ranges to
-    a sub-range (`{"lr": (1e-3, 1e-2)}`), and a registered space's ranges by name
-    (`{"arch_ranges": {"mlp": {"batch_norm": (True,)}}}`).
+    a sub-range (`{"lr": (1e-3, 1e-2)}`, or one value: `{"lr": 1e-3}`), and a registered space's
+    ranges by name (`{"arch_ranges": {"mlp": {"batch_norm": (True,)}}}`). `{"weight_decay": 0}`
+    (no decay) is allowed under any weight-decay range, as its limit.
     """
     example = "e.g. {'archs': ('mlp',)}"
     if not isinstance(fields, dict):
@@ -181,6 +281,13 @@ def narrow(space: Space, family: str, fields: Any) -> Space:
         if key == "archs" and value == ():
             raise SpaceError(f"family {family!r} has no architecture; choose from "
                              f"{space.archs!r}")
+        if key in INTERVALS and _is_number(value, whole=key == "epochs"):
+            value = (value, value)  # one number fixes the value, as in a Space
+        if key == "batch_size" and _is_number(value, whole=True):
+            value = (value,)
+        if key == "weight_decay" and value == (0, 0):
+            changes[key] = value  # no decay: the limit of any log range, a family of its own
+            continue
         if key in CHOICES or key in INTERVALS:
             _within(f"family {family!r}: {key}", value, getattr(space, key), key in CHOICES)
             changes[key] = value
@@ -191,6 +298,9 @@ def narrow(space: Space, family: str, fields: Any) -> Space:
                              "{'mlp': {'batch_norm': (True,)}}; got " + repr(value))
         merged = dict(getattr(space, key))
         for name, ranges in value.items():
+            if not isinstance(ranges, dict):
+                raise SpaceError(f"family {family!r}: {key}.{name}={ranges!r}: expected a dict "
+                                 "of its knobs' ranges, e.g. {'batch_norm': (True,)}")
             in_play = fields.get(owners, getattr(space, owners))
             if name not in in_play:
                 raise SpaceError(f"family {family!r}: {key} names {name!r}, which is not in "

@@ -18,7 +18,9 @@ import pandas as pd
 TRIAL_COLUMNS = {
     "family": "the study's family (a value of its scientific parameter); one Optuna sub-study "
               "each",
-    "number": "trial number within the family's sub-study",
+    "replicate": "which run of the whole study (0, 1, ...): study seed SEED + replicate, its own "
+                 "split, samplers and trial seeds; one Optuna sub-study per (replicate, family)",
+    "number": "trial number within the (replicate, family) sub-study",
     "state": "COMPLETE, PRUNED, FAIL or RUNNING",
     "arch": "registered model name",
     "value": "objective: validation accuracy after the last epoch run",
@@ -38,7 +40,7 @@ TRIAL_COLUMNS = {
     "git_sha": "code version (-dirty when tracked files were modified)",
     "versions": "python and package versions",
     "data_md5": "uncompressed MD5 of each MNIST file read (JSON)",
-    "split_hash": "sha256 prefix of the validation indices",
+    "split_hash": "sha256 prefix of the validation indices (one split per replicate)",
     "space_hash": "sha256 prefix of every family's search space and the split size",
     "datetime_start": "when the trial started",
     "recipe": "the full training recipe (JSON of train.Recipe): what finalists retrain",
@@ -46,6 +48,7 @@ TRIAL_COLUMNS = {
 }
 EPOCH_COLUMNS = {
     "family": "as in trials.parquet",
+    "replicate": "as in trials.parquet",
     "number": "as in trials.parquet",
     "epoch": "epochs completed (1-based), the step reported to the pruner",
     "train_loss": "mean training loss over the epoch",
@@ -56,6 +59,7 @@ EPOCH_COLUMNS = {
 }
 IMPORTANCE_COLUMNS = {
     "family": "as in trials.parquet",
+    "replicate": "as in trials.parquet",
     "param": "Optuna parameter name",
     "importance": "Optuna's default importance evaluator on the validation objective",
 }
@@ -127,6 +131,24 @@ def last_study_run(out: Path) -> dict:
     its config (split seed, smoke flag), search space, question and provenance; {} when none."""
     return next((r for r in reversed(read_jsonl(out / "runs.jsonl"))
                  if r.get("role") != "worker"), {})
+
+
+def with_replicate(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with an int replicate column: stores from before replicates hold replicate 0 only."""
+    if "replicate" in df:
+        return df.assign(replicate=df["replicate"].fillna(0).astype(int))
+    return df.assign(replicate=0)
+
+
+def read_verdicts(out: Path, finalists: pd.DataFrame) -> pd.DataFrame:
+    """verdicts.parquet; for folders finalized before it existed, computed from the stored
+    predictions (the same deterministic function finalize writes it with)."""
+    path = out / "verdicts.parquet"
+    if path.is_file():
+        return pd.read_parquet(path)
+    from bench import stats  # pure numbers; imported here so the store stays a leaf module
+
+    return stats.verdicts(finalists, pd.read_parquet(out / "test_predictions.parquet"))
 
 
 def read(out: Path, table: str) -> pd.DataFrame:

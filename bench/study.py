@@ -1,13 +1,15 @@
 """Optuna study runner: storage, samplers, pruners, objective, equal budgets per family.
 
-A study file declares a `Study`. Each family (a value of the scientific parameter, written as the
-Space fields it narrows: `{"optimizers": ("sgd",)}`, `{"archs": ("cnn",)}`) gets its own
+A study file declares a `Study`. It is run as `replicates` whole copies under study seeds SEED,
+SEED+1, ... (each its own split, samplers and trial seeds), so its answer can be checked against
+its own variance. Each (replicate, family) pair (a family is a value of the scientific
+parameter, written as the Space fields it narrows: `{"optimizers": ("sgd",)}`) gets its own
 Optuna sub-study in one storage (`bench.storage`: a journal under results/<name>/, or a database),
-with its own seeded sampler, and the runner hands trials to whichever family has used the smallest
-share of its budget, so every family gets the same number of trials or the same seconds. Worker
-processes run the same loop against the same storage and take their counts from it, so a study
-can be spread over processes and machines without a scheduler. Only `data.load_train` is called
-here: a study never opens the test files.
+with its own seeded sampler. `schedule` hands trials to whichever unit has used the smallest share
+of its budget, counted from storage, so every family gets the same number of trials, or the same
+training seconds, in every replicate, whichever processes ran them. Worker processes run the same
+loop against the same storage, so a study can be spread over processes and machines without a
+scheduler. Only `data.load_train` is called here: a study never opens the test files.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +28,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +42,13 @@ from rich.progress import Progress
 from bench import data, host, optim, provenance, storage, store, train
 from bench.models import count_params
 from bench.outcomes import FAILED, check_failures, counts, frames, importances, stop_reason
-from bench.space import Space, SpaceError, narrow
+from bench.space import Space, SpaceError, canonical, narrow
 from bench.tables import comparison, config_table, progress_bars, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
-RUN_KEYS = ("trials", "timeout", "device", "seed", "smoke", "precision", "fast")  # stored, joined
+RUN_KEYS = ("trials", "timeout", "device", "seed", "smoke", "precision", "fast",
+            "replicates")  # stored, joined
+CONTINUED_KEYS = ("seed", "device", "precision")  # a continued study keeps these
 AUTO_WORKERS = 8
 POLL_S = 1.0  # how often a worker with nothing to start looks at the others' trials again
 
@@ -61,6 +67,11 @@ class Study:
 
     `families` maps a family name to the Space fields it narrows (`space.narrow`); whatever a
     family leaves open is a nuisance parameter, tuned with the same budget in every family.
+    `trials`, `timeout` and `replicates` are per device, {"cpu": ..., "cuda": ...} with both
+    keys; one plain value means both devices (`timeout=120`, `trials=500`, `replicates=3`).
+    A timeout of None or 0 is no limit. A field of the wrong form is refused when the Study is
+    made (one line: the field, its value and the form expected); `check` then narrows the
+    families of both devices, so a mistake in the GPU's half is found on a CPU too.
     """
 
     question: str
@@ -68,6 +79,8 @@ class Study:
     space: Space
     cpu_space: Space | None = None
     cpu_families: dict[str, dict[str, Any]] | None = None  # when the CPU asks about other values
+    # Per replicate: trials, or seconds of training (summed over worker processes), split
+    # equally between the families.
     trials: dict[str, int] = field(default_factory=lambda: {"cpu": 100, "cuda": 100})
     timeout: dict[str, float | None] = field(default_factory=lambda: {"cpu": None, "cuda": None})
     # TPE with constant_liar: with several workers a running trial counts as a poor result, so
@@ -80,6 +93,78 @@ class Study:
         lambda max_epochs: optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=max_epochs, reduction_factor=3))
     val_size: int = 10_000
+    # Replicates: the study run again under another study seed (own split, samplers, trial
+    # seeds), so that a family verdict rests on the spread between whole studies.
+    replicates: dict[str, int] = field(default_factory=lambda: {"cpu": 3, "cuda": 5})
+
+    def __post_init__(self) -> None:
+        for name, value in _study_fields(self).items():
+            object.__setattr__(self, name, value)
+
+
+STUDY_DEVICES = ("cpu", "cuda")
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _is_seconds(v: Any) -> bool:
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0)
+
+
+def _per_device(name: str, value: Any, ok: Callable[[Any], bool], form: str) -> dict[str, Any]:
+    """{"cpu": v, "cuda": v} from one value for both devices, or the dict itself when valid."""
+    if not isinstance(value, dict) and ok(value):
+        return dict.fromkeys(STUDY_DEVICES, value)
+    if (not isinstance(value, dict) or sorted(value) != sorted(STUDY_DEVICES)
+            or not all(ok(v) for v in value.values())):
+        raise ValueError(f"Study.{name}={value!r}: expected {form} for both devices, or "
+                         f"{{'cpu': {form}, 'cuda': {form}}}")
+    return dict(value)
+
+
+def _study_fields(study: Study) -> dict[str, Any]:
+    """The per-device fields in their one form; any field of the wrong form is one line."""
+    def expect(name: str, ok: bool, form: str) -> None:
+        if not ok:
+            raise ValueError(f"Study.{name}={getattr(study, name)!r}: expected {form}")
+
+    expect("question", isinstance(study.question, str) and study.question.strip() != "",
+           "a non-empty string (the study file's docstring: question=__doc__)")
+    expect("families", isinstance(study.families, dict),
+           "a dict of family name -> the Space fields it narrows")
+    expect("cpu_families", study.cpu_families is None or isinstance(study.cpu_families, dict),
+           "None or a dict of family name -> the Space fields it narrows")
+    expect("space", isinstance(study.space, Space), "a Space(...)")
+    expect("cpu_space", study.cpu_space is None or isinstance(study.cpu_space, Space),
+           "None or a Space(...)")
+    expect("sampler", callable(study.sampler), "a function of a seed returning an Optuna sampler")
+    expect("pruner", callable(study.pruner),
+           "a function of the most epochs returning an Optuna pruner")
+    expect("val_size", _is_count(study.val_size), "a whole number of images > 0")
+    return {
+        "trials": _per_device("trials", study.trials, _is_count, "a whole number > 0"),
+        "timeout": _per_device("timeout", study.timeout, _is_seconds,
+                               "seconds >= 0 or None (no limit)"),
+        "replicates": _per_device("replicates", study.replicates, _is_count,
+                                  "a whole number > 0"),
+    }
+
+
+def check(study: Study, where: str = "") -> None:
+    """Narrow each device's families of its space (`family_spaces`), the GPU's and the CPU's,
+    whichever device runs now: SpaceError (one line, ending with `where` and which half)."""
+    for device in STUDY_DEVICES:
+        cpu = device == "cpu"
+        families = study.cpu_families if cpu and study.cpu_families else study.families
+        space = study.cpu_space if cpu and study.cpu_space else study.space
+        try:
+            family_spaces(families, space)
+        except SpaceError as exc:
+            which = ("cpu_families" if cpu and study.cpu_families else "families") + " of " + (
+                "cpu_space" if cpu and study.cpu_space else "space")
+            raise SpaceError(f"{exc} ({where}{which})") from None
 
 
 @dataclass(frozen=True)
@@ -97,6 +182,7 @@ class RunConfig:
     workers: int = 1
     precision: str = "fp32"  # resolved: "fp32" or "bf16" (train.resolve_precision)
     fast: bool = True  # train.build/fit speed paths; False: the eager loop (FAST=0)
+    replicates: int = 1  # the whole study run again under study seeds SEED .. SEED+k-1
 
     @property
     def out(self) -> Path:
@@ -138,31 +224,52 @@ def resolve(study: Study, name: str, device: torch.device, overrides: dict) -> R
         workers=overrides.get("workers", min(default_workers(device), trials)),
         precision=train.resolve_precision(overrides.get("precision", "auto"), device),
         fast=overrides.get("fast", True),
+        replicates=overrides.get("replicates", study.replicates[device.type]),
     )
 
 
-def space_for(study: Study, cfg: RunConfig) -> Space:
+SMOKE_EPOCHS = (1, 2)
+
+
+def space_for(study: Study, cfg: RunConfig, smoke: bool | None = None) -> Space:
+    """The study's space on cfg's device; under smoke (cfg.smoke unless `smoke` is given) with
+    SMOKE_EPOCHS. Families narrow the space without smoke: `family_spaces(..., smoke=True)`."""
     space = study.cpu_space if cfg.device == "cpu" and study.cpu_space else study.space
-    return replace(space, epochs=(1, 2)) if cfg.smoke else space
+    smoke = cfg.smoke if smoke is None else smoke
+    return replace(space, epochs=SMOKE_EPOCHS) if smoke else space
 
 
 def families_for(study: Study, device: str) -> dict[str, dict[str, Any]]:
     return study.cpu_families if device == "cpu" and study.cpu_families else study.families
 
 
-def family_spaces(families: dict[str, dict[str, Any]], space: Space) -> dict[str, Space]:
-    """Each family's narrowing of `space`, refused in one line when it cannot be compared."""
+def family_spaces(families: dict[str, dict[str, Any]], space: Space,
+                  smoke: bool = False) -> dict[str, Space]:
+    """Each family's narrowing of `space`, refused in one line when it cannot be compared.
+
+    Two families are the same space when they sample the same (`space.canonical`: choices in
+    any order, a registered knob left at its default or written out). Each narrowed space is
+    validated as the study's is (a float range for an integer knob is refused here, not at the
+    first trial). `smoke` sets SMOKE_EPOCHS after narrowing, so a family that narrows the
+    epochs runs under SMOKE=1 too; `space` is the study's own, not space_for's smoke one.
+    """
     if not isinstance(families, dict) or len(families) < 2:
         raise SpaceError(f"a study compares at least two families; got {families!r}")
     space.validate()
     spaces = {f: narrow(space, f, fields) for f, fields in families.items()}
     seen: dict[str, str] = {}
     for family, narrowed in spaces.items():
-        key = json.dumps(asdict(narrowed), sort_keys=True, default=str)
+        try:
+            narrowed.validate(narrowed=True)
+        except SpaceError as exc:
+            raise SpaceError(f"family {family!r}: {exc}") from None
+        key = json.dumps(canonical(narrowed), sort_keys=True, default=str)
         if key in seen:
             raise SpaceError(f"families {seen[key]!r} and {family!r} are the same space; "
                              "a family must narrow some field to a value of its own")
         seen[key] = family
+    if smoke:
+        spaces = {f: replace(s, epochs=SMOKE_EPOCHS) for f, s in spaces.items()}
     return spaces
 
 
@@ -171,12 +278,76 @@ def validate(study: Study, cfg: RunConfig) -> dict[str, Space]:
     spaces = family_spaces(families_for(study, cfg.device), space_for(study, cfg))
     if cfg.trials <= 0:
         raise ValueError(f"TRIALS={cfg.trials} must be > 0")
+    if cfg.replicates <= 0:
+        raise ValueError(f"REPLICATES={cfg.replicates} must be > 0")
     return spaces
 
 
 def derive_seed(*parts: object) -> int:
     """A stable seed named by its parts (base seed, family, trial, ...): the same on every run."""
     return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+Unit = tuple[int, str]  # (replicate, family): one Optuna sub-study
+WAIT = "wait"  # nothing to start now, but trials of other processes still run
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A (replicate, family) sub-study as the scheduler sees it, read from storage, so every
+    process of the study (and a rerun after a crash) counts the same budget."""
+
+    done: int = 0  # trials that used budget: ran to an outcome (a divergence is one)
+    running: int = 0  # trials running now, in any process
+    queued: int = 0  # retries waiting: the configurations of lost trials
+    seconds: float = 0.0  # charged: finished trials' wall time + running trials' time so far
+    epoch_s: float = 0.0  # the family's median measured epoch time; 0 before any epoch
+
+
+def schedule(tallies: dict[Unit, Tally], quota: int, budget: float | None) -> Unit | str | None:
+    """The unit to run a trial of next, WAIT, or None when the study is done.
+
+    A unit can start a trial while it is under its trial quota (running trials count as taken)
+    and, with a time budget, while at least one epoch of its family fits in what is left. A
+    queued retry always runs, budget spent or not: a lost trial's configuration is never dropped
+    and never left waiting. Replicates fill in order (a killed study keeps whole replicates), and
+    within one the unit with the smallest share of its budget goes first, so families get equal
+    budgets. With nothing to start, the study waits while any trial runs (it may die and be
+    queued again), else it is done.
+    """
+    def share(t: Tally) -> float:
+        return max((t.done + t.running) / quota, t.seconds / budget if budget else 0.0)
+
+    ready = [u for u, t in tallies.items()
+             if t.queued or (t.done + t.running < quota
+                             and (budget is None or budget - t.seconds > t.epoch_s))]
+    if ready:
+        order = list(tallies)
+        return min(ready, key=lambda u: (not tallies[u].queued, u[0], share(tallies[u]),
+                                         order.index(u)))
+    return WAIT if any(t.running for t in tallies.values()) else None
+
+
+def tallies(subs: dict[Unit, optuna.Study]) -> dict[Unit, Tally]:
+    """Each unit's Tally from its trials in storage; the epoch time is the family's, over all
+    its replicates."""
+    trials = {u: sub.get_trials(deepcopy=False) for u, sub in subs.items()}
+    epochs: dict[str, list[float]] = {}
+    for (_, family), ts in trials.items():
+        epochs.setdefault(family, []).extend(
+            h["seconds"] for t in ts for h in t.user_attrs.get("epochs", []))
+    now = datetime.now()
+    out = {}
+    for u, ts in trials.items():
+        running = [t for t in ts if t.state == TrialState.RUNNING]
+        seconds = sum(t.user_attrs.get("wall_seconds", 0.0) for t in ts if counts(t))
+        seconds += sum((now - t.datetime_start).total_seconds() for t in running
+                       if t.datetime_start)
+        measured = sorted(epochs[u[1]])
+        out[u] = Tally(done=sum(map(counts, ts)), running=len(running),
+                       queued=sum(t.state == TrialState.WAITING for t in ts), seconds=seconds,
+                       epoch_s=measured[len(measured) // 2] if measured else 0.0)
+    return out
 
 
 def _space_hash(spaces: dict[str, Space], study: Study, precision: str) -> str:
@@ -193,10 +364,12 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
-def _objective(family: str, space: Space, splits: Callable[[str], data.Split],
+def _objective(unit: Unit, space: Space, splits: Callable[[str], data.Split],
                device: torch.device, cfg: RunConfig, prov: dict, deadline: float | None,
                progress: Progress, epoch_task,
                interrupt: threading.Event) -> Callable[[optuna.Trial], float]:
+    replicate, family = unit
+
     def objective(trial: optuna.Trial) -> float:
         start, history, stop = time.perf_counter(), [], ""
 
@@ -210,8 +383,9 @@ def _objective(family: str, space: Space, splits: Callable[[str], data.Split],
                 stop = "interrupted"
             elif epoch < last and trial.should_prune():  # never prune a finished run
                 stop = "pruned"
-            elif deadline is not None and time.monotonic() > deadline and epoch < last:
-                stop = "budget"
+            elif (deadline is not None and epoch < last
+                  and time.monotonic() + metrics["seconds"] > deadline):
+                stop = "budget"  # the next epoch would not end inside the family's budget
             return bool(stop)
 
         error = ""
@@ -222,15 +396,16 @@ def _objective(family: str, space: Space, splits: Callable[[str], data.Split],
             normalization = space.normalization_of(trial)
             split = splits(normalization)
             # A retry reruns the lost trial's seed, so it computes what that trial would have.
-            seed = trial.user_attrs.get("seed", derive_seed(cfg.seed, family, trial.number))
-            for k, v in {**prov, "arch": recipe.arch, "seed": seed,
+            seed = trial.user_attrs.get("seed", derive_seed(cfg.seed + replicate, family,
+                                                            trial.number))
+            for k, v in {**prov, "replicate": replicate, "arch": recipe.arch, "seed": seed,
                          "normalization": normalization, "recipe": recipe.to_dict()}.items():
                 trial.set_user_attr(k, v)
             train.seed_everything(seed)
             model, opt, sched = train.build(recipe, len(split.x_train), device, fast=cfg.fast)
             trial.set_user_attr("params_count", count_params(model))
             progress.reset(epoch_task, total=recipe.epochs,
-                           description=f"  {family} #{trial.number} epochs")
+                           description=f"  {family} r{replicate} #{trial.number} epochs")
             train.fit(model, opt, sched, split, recipe.batch_size, recipe.epochs, seed, on_epoch,
                       graph=None if cfg.fast else False, precision=recipe.precision)
         except train.NonFiniteLoss:
@@ -265,37 +440,66 @@ def _objective(family: str, space: Space, splits: Callable[[str], data.Split],
     return objective
 
 
-def _sub_studies(study: Study, spaces: dict[str, Space], cfg: RunConfig,
-                 db: optuna.storages.BaseStorage, prov: dict,
-                 joining: bool) -> dict[str, optuna.Study]:
-    """One sub-study per family, opened (or, unless joining, created) after every check passed.
+def _settings_changed(stored: dict, cfg: RunConfig) -> str:
+    """Which setting of a stored run differs from this one's, as `SEED 0 → 5`; '' when none.
 
-    Refused before anything is written: a storage holding other studies under this study's
-    name, trials of another split or search space, and (joining) a study that does not exist.
-    """
+    Trials, timeout and replicates may grow when a study is continued; these may not."""
+    changed = [f"{k.upper()} {stored[k]} → {getattr(cfg, k)}" for k in CONTINUED_KEYS
+               if k in stored and stored[k] != getattr(cfg, k)]
+    return ", ".join(changed)
+
+
+def _unit_name(prefix: str, unit: Unit) -> str:
+    return f"{prefix}.r{unit[0]}.{unit[1]}"
+
+
+def _check_folder(db: optuna.storages.BaseStorage, cfg: RunConfig, units: list[Unit],
+                  space_hash: str, split_hashes: dict[int, str] | None = None) -> None:
+    """Refuse, before anything is written, a storage whose study this run must not continue:
+    other studies under this name, other settings (naming the one that differs), another search
+    space, or (`split_hashes` given) trials of another split."""
     prefix, where = cfg.out.name, _where(cfg)
-    names = {f: f"{prefix}.{f}" for f in spaces}
+    names = {_unit_name(prefix, u): u for u in units}
     existing = set(optuna.get_all_study_names(db))
     ours = {n for n in existing if cfg.storage is None or n.split(".")[0] == prefix}
-    if other := sorted(ours - set(names.values())):
+    other = sorted(n for n in ours if n not in names
+                   and not re.fullmatch(rf"{re.escape(prefix)}\.r\d+\.[^.]+", n))
+    if other:
         raise storage.StorageError(f"{where} holds other studies ({', '.join(other)}), not "
-                                   f"{', '.join(names.values())}; choose another RESULTS_DIR")
-    for name in ours:
+                                   f"{', '.join(names)}; choose another RESULTS_DIR")
+    for name in sorted(ours):
+        sid = db.get_study_id_from_name(name)
+        if changed := _settings_changed(db.get_study_user_attrs(sid).get("run", {}), cfg):
+            raise ValueError(f"{where} holds this study run with other settings ({changed}); "
+                             "continue it with its own settings or choose another RESULTS_DIR")
         # Each hash on its own: a trial records them one after the other, so one killed (or
         # still starting) in between holds the first only.
-        seen = {(k, t.user_attrs[k]) for t in db.get_all_trials(db.get_study_id_from_name(name),
-                                                                   False)
+        seen = {(k, t.user_attrs[k]) for t in db.get_all_trials(sid, False)
                 for k in ("split_hash", "space_hash") if k in t.user_attrs}
-        if seen - {("split_hash", prov["split_hash"]), ("space_hash", prov["space_hash"])}:
-            raise ValueError(f"{where} holds a study with another split, search space or "
-                             "precision (SEED, DEVICE, PRECISION or the study file changed); "
-                             "continue it with its own settings or choose another RESULTS_DIR")
-    if joining and (missing := sorted(set(names.values()) - existing)):
-        raise storage.StorageError(f"no study {missing[0]} in {where}; start it first with "
+        if {h for k, h in seen if k == "space_hash"} - {space_hash}:
+            raise ValueError(f"{where} holds trials of another search space, split size or "
+                             "precision (the study file changed); continue it with the file it "
+                             "was run with or choose another RESULTS_DIR")
+        unit = names.get(name)
+        if split_hashes and unit and {h for k, h in seen if k == "split_hash"} - {
+                split_hashes[unit[0]]}:
+            raise ValueError(f"{where} holds replicate {unit[0]} on another split (the data or "
+                             "the split code changed); choose another RESULTS_DIR")
+
+
+def _sub_studies(study: Study, spaces: dict[str, Space], units: list[Unit], cfg: RunConfig,
+                 db: optuna.storages.BaseStorage, joining: bool) -> dict[Unit, optuna.Study]:
+    """One sub-study per (replicate, family), opened (or, unless joining, created) after every
+    check passed."""
+    prefix, existing = cfg.out.name, set(optuna.get_all_study_names(db))
+    if joining and (missing := sorted(n for u in units
+                                      if (n := _unit_name(prefix, u)) not in existing)):
+        raise storage.StorageError(f"no study {missing[0]} in {_where(cfg)}; start it first with "
                                    f"`make study NAME={cfg.name}` and the same settings")
-    return {f: optuna.create_study(storage=db, study_name=n, direction="maximize",
-                                   load_if_exists=True, pruner=study.pruner(spaces[f].epochs[1]))
-            for f, n in names.items()}
+    return {u: optuna.create_study(storage=db, study_name=_unit_name(prefix, u),
+                                   direction="maximize", load_if_exists=True,
+                                   pruner=study.pruner(spaces[u[1]].epochs[1]))
+            for u in units}
 
 
 def _where(cfg: RunConfig) -> str:
@@ -315,8 +519,8 @@ def join(study: Study, name: str, overrides: dict, console: Console) -> Path:
     db = storage.open_storage(cfg.storage, journal)
     found = optuna.get_all_study_names(db)
     # The first family of the GPU or the CPU families, whichever the study was started with.
-    firsts = [f"{cfg.out.name}.{next(iter(f))}" for f in (study.families, study.cpu_families)
-              if f]
+    firsts = [_unit_name(cfg.out.name, (0, next(iter(f))))
+              for f in (study.families, study.cpu_families) if f]
     first = next((n for n in firsts if n in found), firsts[0])
     if first not in found:
         raise storage.StorageError(f"no study {first} in {_where(cfg)}; start it first with "
@@ -333,72 +537,74 @@ def join(study: Study, name: str, overrides: dict, console: Console) -> Path:
 
 def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
         db: optuna.storages.BaseStorage | None = None) -> Path:
-    """Run (or continue) the study; returns its results folder.
+    """Run (or continue) the study, every replicate of it; returns its results folder.
 
     `joining`: this process is one more worker of a running study: it creates nothing, and
     failing dead trials left by earlier runs and queueing them again is the study command's job.
     """
     device = torch.device(cfg.device)
     spaces = validate(study, cfg)
-    space = space_for(study, cfg)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes go to the store and table
     families = list(spaces)
+    units = [(r, f) for r in range(cfg.replicates) for f in families]
     quota = math.ceil(cfg.trials / len(families))
+    budget = cfg.timeout / len(families) if cfg.timeout else None
     space_hash = _space_hash(spaces, study, cfg.precision)
     out = cfg.out
-    if not joining and (done := _finished(cfg, families, quota, space_hash)) is not None:
-        console.print(f"already {quota} trials per family and none running or queued; nothing "
-                      "to do (raise TRIALS= to continue)")
+    if not joining and (done := _finished(cfg, units, quota, budget, space_hash)) is not None:
+        console.print(f"all {cfg.replicates} replicate(s) of every family have used their "
+                      "budget and none is running or queued; nothing to do (raise TRIALS=, "
+                      "TIMEOUT= or REPLICATES= to continue)")
         console.print(summary_table(done))
         return out
     if cfg.workers > 1:  # share the cores instead of each worker taking all of them
         torch.set_num_threads(host.threads_per_worker(cfg.workers))
     raw = data.load_train()
-    splits = splits_by_normalization(raw, SMOKE_VAL if cfg.smoke else study.val_size, cfg.seed,
-                                     device, SMOKE_SUBSET if cfg.smoke else None)
-    first = splits(spaces[families[0]].normalization[0])
-    prov = {**provenance.collect(device), "data_md5": json.dumps(first.md5, sort_keys=True),
-            "split_hash": first.split_hash, "space_hash": space_hash}
+    # Each replicate is the study run again under study seed SEED + r: its own split, samplers
+    # and trial seeds.
+    splits = {r: splits_by_normalization(raw, SMOKE_VAL if cfg.smoke else study.val_size,
+                                         cfg.seed + r, device,
+                                         SMOKE_SUBSET if cfg.smoke else None)
+              for r in range(cfg.replicates)}
+    norm = spaces[families[0]].normalization[0]
+    hashes = {r: s(norm).split_hash for r, s in splits.items()}
+    prov = {**provenance.collect(device), "data_md5": json.dumps(splits[0](norm).md5,
+                                                                 sort_keys=True),
+            "space_hash": space_hash}
     db = db or storage.open_storage(cfg.storage, out / "optuna.journal")
-    subs = _sub_studies(study, spaces, cfg, db, prov, joining)
+    _check_folder(db, cfg, units, space_hash, hashes)
+    subs = _sub_studies(study, spaces, units, cfg, db, joining)
     out.mkdir(parents=True, exist_ok=True)
-    console.print(config_table(cfg.public() | {"out": out}, space, prov["device"]))
-    for family, sub in subs.items():
+    console.print(config_table(cfg.public() | {"out": out}, space_for(study, cfg),
+                               prov["device"]))
+    for (r, family), sub in subs.items():
         if not joining:
             if n := storage.fail_dead(sub, db):
-                console.print(f"{family}: {n} trial(s) of a dead process marked FAIL")
+                console.print(f"{family} replicate {r}: {n} trial(s) of a dead process marked "
+                              "FAIL")
             storage.retry_lost(sub)
             sub.set_user_attr("run", {k: v for k, v in asdict(cfg).items()
                                       if k in RUN_KEYS})
         # Workers that start together must not draw the same configurations.
-        seed = (cfg.seed, family, "sampler", len(sub.trials)) + ((os.getpid(),) if joining else ())
+        seed = (cfg.seed + r, family, "sampler", len(sub.trials)) + (
+            (os.getpid(),) if joining else ())
         sub.sampler = study.sampler(derive_seed(*seed))
 
     with (out / "runs.jsonl").open("a") as fh:  # one line per invocation: config + provenance
         fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                              "role": "worker" if joining else "study", "config": cfg.public(),
-                             "space": asdict(space), "families": study.families,
-                             "question": study.question, **prov},
+                             "space": asdict(space_for(study, cfg)),
+                             "families": families_for(study, cfg.device),
+                             "question": study.question, "split_hashes": hashes, **prov},
                             default=str) + "\n")
 
-    budget = cfg.timeout / len(families) if cfg.timeout else None
-    used = dict.fromkeys(families, 0.0)
     mine: list[str] = []  # how this process's trials ended
     ended: list[optuna.trial.FrozenTrial] = []  # the trial optimize() just ran
-
-    def tally(family: str) -> tuple[int, int, int]:
-        """(trials that used up budget, running now, queued retries) of a family, from storage."""
-        trials = subs[family].get_trials(deepcopy=False)
-        return (sum(map(counts, trials)), sum(t.state == TrialState.RUNNING for t in trials),
-                sum(t.state == TrialState.WAITING for t in trials))
 
     def save() -> None:
         with storage.store_lock(out):  # a snapshot of the whole storage, newest last
             store.write_study(out, *frames(subs))
 
-    if all(tally(f)[0] >= quota for f in families):
-        console.print(f"already {quota} trials per family; " + (
-            "nothing left for a worker" if joining else "raise TRIALS= to continue"))
     _warm_up(spaces.values(), device)
     # The first Ctrl-C stops at the next epoch boundary, so no journal write is cut in half;
     # a second one stops at once. Workers started here get each Ctrl-C passed on.
@@ -414,63 +620,47 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
         console.print("stopping after this epoch (Ctrl-C again to stop at once)")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    began = time.monotonic()
     try:
         with progress_bars(console, transient=False) as progress:
-            # One bar per family, counting every process's trials; the label says how many of
-            # them this process ran.
+            # One bar per family, counting every process's trials over all replicates; the
+            # label says how many of them this process ran.
             ran = dict.fromkeys(families, 0)
-            bars = {f: progress.add_task(f"trials {f}", total=quota) for f in families}
-            clock = progress.add_task("budget (s)", total=cfg.timeout, visible=bool(budget))
+            bars = {f: progress.add_task(f"trials {f}", total=quota * cfg.replicates)
+                    for f in families}
+            clock = progress.add_task("budget (s)", visible=bool(budget),
+                                      total=(cfg.timeout or 0) * cfg.replicates)
             epoch_task = progress.add_task("  epochs", total=1)
             while not interrupt.is_set():
                 for sub in subs.values():
                     storage.fail_dead(sub, db)
-                now = {f: tally(f) for f in families}
+                now = tallies(subs)
                 for f in families:
-                    progress.update(bars[f], completed=now[f][0],
+                    progress.update(bars[f], completed=sum(t.done for (_, g), t in now.items()
+                                                           if g == f),
                                     description=f"trials {f} ({ran[f]} by this process)")
-                # A queued retry (the configuration of a trial whose process died) is run even
-                # when the quota is reached, so no configuration is dropped.
-                left = [f for f in families if (now[f][0] < quota or now[f][2])
-                        and (budget is None or used[f] < budget)]
-                if not left:
-                    # The study command also waits out the other workers' trials: one whose
-                    # worker died (a database sees it only GRACE_S later) is failed and its
-                    # retry run, instead of being left RUNNING.
-                    if joining or not any(n[1] for n in now.values()):
-                        break
+                progress.update(clock, completed=sum(t.seconds for t in now.values()))
+                unit = schedule(now, quota, budget)
+                if unit is None:
+                    break
+                if unit == WAIT:
                     time.sleep(POLL_S)
                     continue
-                # Running trials of other workers count as taken, so the study ends with at
-                # most WORKERS - 1 trials over its quota (plus the retries of dead workers'
-                # trials); a worker with nothing to start waits for them to finish, or to die
-                # and be queued again.
-                ready = [f for f in left if now[f][0] + now[f][1] < quota or now[f][2]]
-                if not ready:
-                    if cfg.timeout and time.monotonic() - began > cfg.timeout:
-                        break
-                    time.sleep(POLL_S)
-                    continue
-                family = min(ready, key=lambda f: max(
-                    (now[f][0] + now[f][1]) / quota, used[f] / budget if budget else 0.0))
-                deadline = time.monotonic() + budget - used[family] if budget else None
-                objective = _objective(family, spaces[family], splits, device,
-                                       cfg, prov, deadline, progress, epoch_task,
-                                       interrupt)
+                r, family = unit
+                deadline = (time.monotonic() + budget - now[unit].seconds) if budget else None
+                objective = _objective(unit, spaces[family], splits[r], device, cfg,
+                                       {**prov, "split_hash": hashes[r]}, deadline, progress,
+                                       epoch_task, interrupt)
                 ended.clear()
-                start = time.perf_counter()
                 try:
-                    subs[family].optimize(objective, n_trials=1,
-                                          catch=(TrialFailed, Interrupted),
-                                          callbacks=[lambda _, t: ended.append(t)])
+                    subs[unit].optimize(objective, n_trials=1,
+                                        catch=(TrialFailed, Interrupted),
+                                        callbacks=[lambda _, t: ended.append(t)])
                 except optuna.exceptions.UpdateFinishedTrialError:
                     # No heartbeat reached the database for GRACE_S seconds: another worker
                     # failed this trial and queued it again.
-                    console.print(f"{family}: a trial was taken over by another worker")
-                used[family] += time.perf_counter() - start
+                    console.print(f"{family} replicate {r}: a trial was taken over by another "
+                                  "worker")
                 save()  # after every trial, so a killed run loses nothing completed
-                progress.update(clock, completed=sum(used.values()))
                 mine += [stop_reason(t) for t in ended]
                 ran[family] += len(ended)
                 check_failures(mine, out)
@@ -491,7 +681,7 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
             store.write_study(out, trials, epochs, None if joining else importances(subs))
     console.print(summary_table(trials))
     if line := comparison(trials):
-        console.print(line)
+        console.print(line, markup=False)
     if interrupt.is_set():
         raise KeyboardInterrupt
     return out
@@ -526,24 +716,24 @@ def splits_by_normalization(raw: data.Raw, val_size: int, seed: int, device: tor
     return split
 
 
-def _finished(cfg: RunConfig, families: list[str], quota: int,
+def _finished(cfg: RunConfig, units: list[Unit], quota: int, budget: float | None,
               space_hash: str) -> pd.DataFrame | None:
-    """The stored trials when a rerun has nothing to do (every family at its quota, none running
-    or queued, same search space), read before any data is loaded; otherwise None."""
+    """The stored trials when a rerun has nothing to do (every replicate of every family has
+    used its budget, none running or queued, same settings and search space), read before any
+    data is loaded; otherwise None. A folder of other settings is refused here already."""
     journal = cfg.out / "optuna.journal"
     if (cfg.storage is None and not journal.is_file()) or not (
             cfg.out / "trials.parquet").is_file():
         return None
     db = storage.open_storage(cfg.storage, journal)
-    names = optuna.get_all_study_names(db)
-    for family in families:
-        if f"{cfg.out.name}.{family}" not in names:
-            return None
-        trials = db.get_all_trials(db.get_study_id_from_name(f"{cfg.out.name}.{family}"), False)
-        if (sum(map(counts, trials)) < quota
-                or any(not t.state.is_finished() for t in trials)
-                or {t.user_attrs.get("space_hash") for t in trials} - {None, space_hash}):
-            return None
+    _check_folder(db, cfg, units, space_hash)
+    names = set(optuna.get_all_study_names(db))
+    if any(_unit_name(cfg.out.name, u) not in names for u in units):
+        return None
+    subs = {u: optuna.load_study(study_name=_unit_name(cfg.out.name, u), storage=db)
+            for u in units}
+    if schedule(tallies(subs), quota, budget) is not None:
+        return None
     return store.read(cfg.out, "trials")
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bench.space import Space
+from bench.store import with_replicate
 
 
 def progress_bars(console: Console, transient: bool) -> Progress:
@@ -76,24 +77,41 @@ def human(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({c: [cell(c, v) for v in df[c]] for c in df.columns}, index=df.index)
 
 
+def best_per_replicate(trials: pd.DataFrame) -> pd.DataFrame:
+    """The best completed trial of each (family, replicate) on validation."""
+    done = with_replicate(trials[trials["state"] == "COMPLETE"])
+    if done.empty:
+        return done
+    return done.loc[done.groupby(["family", "replicate"], sort=False)["value"].idxmax()]
+
+
 def family_summary(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per family: outcomes, time spent and its best completed trial (validation only)."""
+    """One row per family, over its replicates: outcomes, training seconds, and its best trial on
+    validation (median over replicates, with the lowest and highest); the recipe columns are the
+    best trial of the replicate whose best is the median one. Validation only."""
+    trials = with_replicate(trials)
+    bests = best_per_replicate(trials)
     rows = []
     for family, df in trials.groupby("family", sort=False):
         reason = df["stop_reason"].value_counts()
-        row = {"family": family, "trials": len(df),
+        k = df["replicate"].nunique()
+        row = {"family": family, "replicates": k, "trials": len(df),
                "completed": int((df["state"] == "COMPLETE").sum()),
                "pruned": int(reason.get("pruned", 0)),
                "cut by budget": int(reason.get("budget", 0)),
                "failed": int((df["state"] == "FAIL").sum()),
-               "total s": df["wall_seconds"].sum()}
-        done = df[df["state"] == "COMPLETE"]
-        if not done.empty:
-            best = done.loc[done["value"].idxmax()]
-            row |= {"best val acc": best["value"], "val loss": best["final_val_loss"],
-                    "epochs": best["epochs_run"], "params": best["params_count"],
-                    "trial s": best["wall_seconds"], "optimizer": best["param_optimizer"],
-                    "lr": best["param_lr"], "batch size": best["param_batch_size"]}
+               "total s": df["wall_seconds"].sum(),
+               "s per replicate": df["wall_seconds"].sum() / k}
+        best = bests[bests["family"] == family].sort_values("value")
+        if not best.empty:
+            median = best.iloc[(len(best) - 1) // 2]  # the lower median: a trial that exists
+            row |= {"best val acc": best["value"].median(),
+                    "lowest best val acc": best["value"].min(),
+                    "highest best val acc": best["value"].max(),
+                    "val loss": median["final_val_loss"], "epochs": median["epochs_run"],
+                    "params": median["params_count"], "trial s": median["wall_seconds"],
+                    "optimizer": median["param_optimizer"], "lr": median["param_lr"],
+                    "batch size": median["param_batch_size"]}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -114,29 +132,42 @@ def rich_table(df: pd.DataFrame, title: str, caption: str | None = None) -> Tabl
 def summary_table(trials: pd.DataFrame) -> Table:
     """The family summary for the terminal."""
     df = family_summary(trials)
-    df.insert(2, "outcomes", [f"{r['completed']}/{r['pruned']}/{r['cut by budget']}/{r['failed']}"
+    df.insert(3, "outcomes", [f"{r['completed']}/{r['pruned']}/{r['cut by budget']}/{r['failed']}"
                               for r in df.to_dict("records")])
-    df = df.drop(columns=["completed", "pruned", "cut by budget", "failed"])
+    df = df.drop(columns=["completed", "pruned", "cut by budget", "failed", "total s"])
+    if "best val acc" in df:  # the spread over replicates in one column
+        df["best val acc range"] = [
+            "–" if pd.isna(r["lowest best val acc"]) else
+            f"{r['lowest best val acc']:.2%}–{r['highest best val acc']:.2%}"
+            for r in df.to_dict("records")]
+        df = df.drop(columns=["lowest best val acc", "highest best val acc"])
     if "optimizer" in df:  # one column, so the table fits a terminal
         df["optimizer, lr, bs"] = [
             "–" if pd.isna(r["optimizer"]) else
             f"{r['optimizer']}, {r['lr']:.2g}, {int(r['batch size'])}"
             for r in df.to_dict("records")]
         df = df.drop(columns=["optimizer", "lr", "batch size"])
-    return rich_table(df, "Best trial per family (validation only; test is held out)",
-                      "outcomes: completed / pruned / cut by the time budget / failed")
+    return rich_table(df, "Best trial per family on validation, median over replicates (test "
+                          "is held out)",
+                      "outcomes: completed / pruned / cut by the time budget / failed; s per "
+                      "replicate: training seconds the family used in each replicate; recipe "
+                      "columns: the median replicate's best trial")
 
 
 def comparison(trials: pd.DataFrame) -> str:
-    """The study's answer in one line: every family ranked by its best trial on validation."""
-    done = trials[trials["state"] == "COMPLETE"]
-    if done["family"].nunique() < 2:
+    """The study's answer in one line: every family ranked by its best trial on validation,
+    median over replicates, with the replicates it was best in."""
+    bests = best_per_replicate(trials)
+    if bests.empty or bests["family"].nunique() < 2:
         return ""
-    best = done.loc[done.groupby("family")["value"].idxmax()].sort_values("value", ascending=False)
-    top = best.iloc[0]["value"]
-    ranked = [f"{r['family']} {r['value']:.2%}" + (
-        "" if i == 0 else f" ({(top - r['value']) * 100:.2f} pp behind)") +
-        f" [{seconds(r['wall_seconds'])} s, {r['params_count']:,} params]"
-        for i, r in enumerate(best.to_dict("records"))]
-    return "validation, best trial per family, best first: " + "; ".join(ranked)
-
+    k = bests["replicate"].nunique()
+    median = bests.groupby("family", sort=False)["value"].median().sort_values(ascending=False)
+    winners = bests.loc[bests.groupby("replicate")["value"].idxmax(), "family"].value_counts()
+    seconds_used = trials.groupby("family")["wall_seconds"].sum() / k
+    top = median.iloc[0]
+    ranked = [f"{f} {v:.2%}" + ("" if i == 0 else f" ({(top - v) * 100:.2f} pp behind)")
+              + f" [best in {winners.get(f, 0)} of {k}, {seconds(seconds_used[f])} s per "
+              "replicate]" for i, (f, v) in enumerate(median.items())]
+    scope = (f"median over {k} replicates" if k > 1 else
+             "one replicate: a family verdict needs REPLICATES>=3")
+    return (f"validation, best trial per family ({scope}), best first: " + "; ".join(ranked))

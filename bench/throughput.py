@@ -41,7 +41,8 @@ class Config:
 def _study(cfg: Config, workers: int, out: Path) -> float:
     """Run the study command once; returns its wall seconds."""
     cmd = [sys.executable, "-m", "bench", "study", f"NAME={cfg.name}", f"TRIALS={cfg.trials}",
-           "TIMEOUT=0", f"WORKERS={workers}", f"DEVICE={cfg.device}", f"SEED={cfg.seed}",
+           "TIMEOUT=0", "REPLICATES=1", f"WORKERS={workers}", f"DEVICE={cfg.device}",
+           f"SEED={cfg.seed}",
            f"SMOKE={int(cfg.smoke)}", f"RESULTS_DIR={out}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,

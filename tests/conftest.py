@@ -100,7 +100,7 @@ STUDY = Study(
                 arch_ranges={"mlp": {"depth": (1, 1), "width": (16, 32)},
                              "cnn": {"blocks": (1, 1), "channels": (4, 4), "convs": (1, 1),
                                      "hidden": (16, 16)}}),
-    trials={"cpu": 8, "cuda": 8}, val_size=200,
+    trials={"cpu": 8, "cuda": 8}, val_size=200, replicates={"cpu": 1, "cuda": 1},
     sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed),
     pruner=lambda max_epochs: optuna.pruners.NopPruner(),
 )

@@ -222,12 +222,12 @@ def _journal_with(path: Path, study_name: str, **user_attrs) -> None:
     (lambda j: j.write_text("not,a,journal\n"),
      "error: {j} is not an Optuna journal; move it away or choose another RESULTS_DIR"),
     (lambda j: _journal_with(j, "other.mlp"),
-     "error: {j} holds other studies (other.mlp), not tiny.mlp, tiny.cnn; choose another "
-     "RESULTS_DIR"),
-    (lambda j: _journal_with(j, "tiny.mlp", split_hash="0" * 16, space_hash="0" * 16),
-     "error: {j} holds a study with another split, search space or precision (SEED, DEVICE, "
-     "PRECISION or the study file changed); continue it with its own settings or choose "
+     "error: {j} holds other studies (other.mlp), not tiny.r0.mlp, tiny.r0.cnn; choose "
      "another RESULTS_DIR"),
+    (lambda j: _journal_with(j, "tiny.r0.mlp", split_hash="0" * 16, space_hash="0" * 16),
+     "error: {j} holds trials of another search space, split size or precision (the study "
+     "file changed); continue it with the file it was run with or choose another "
+     "RESULTS_DIR"),
 ])
 def test_a_results_folder_of_another_study_is_refused_untouched(
         tiny_mnist, study_file, prepare, message, tmp_path, capsys):

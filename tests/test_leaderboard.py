@@ -374,3 +374,43 @@ def test_a_float32_recipe_keeps_the_digest_it_had_before_later_fields_existed():
     assert replace(entry, recipe=replace(entry.recipe, precision="bf16")).digest != before
     with pytest.raises(ValueError, match=r"unknown precision 'auto'; valid: bf16, fp32"):
         leaderboard.check(replace(entry, recipe=replace(entry.recipe, precision="auto")))
+
+
+def test_rows_from_before_claim_unit_existed_are_read_as_accuracy():
+    # Issue 21: reproduce._merge concatenates rows written before `claim_unit` existed with newer
+    # ones, so theirs is NaN; read as the string "nan", 97.75% against the 97.70% claim was judged
+    # "better than claim" (the claim taken as an error, i.e. accuracy 2.3%).
+    mlp, lin = E["mlp-400-200-100-sgd"], E["linear-lecun98"]
+    old = _rows(mlp, [0.9775]).drop(columns="claim_unit")
+    rows = pd.concat([old, _rows(lin, [0.925])], ignore_index=True)
+    assert rows["claim_unit"].isna().any()
+    by_id = leaderboard.summarize(rows, E).set_index("entry")
+    assert by_id.loc[mlp.id, "claim_unit"] == "accuracy"
+    assert by_id.loc[mlp.id, "verdict"] == "reproduced"
+    assert by_id.loc[lin.id, "verdict"] == "better than claim"  # its own unit, error, kept
+    only_old = leaderboard.summarize(old, E).set_index("entry")  # no claim_unit column at all
+    assert only_old.loc[mlp.id, "verdict"] == "reproduced"
+    kept = [{**r, "claim_unit": None} for r in leaderboard.records(only_old.reset_index())]
+    again = leaderboard.summarize(_rows(lin, [0.925]), E, kept).set_index("entry")
+    assert again.loc[mlp.id, "verdict"] == "reproduced" and again.loc[mlp.id, "kept"]
+
+
+@pytest.mark.parametrize("unit", ["nan", "percent", None])
+def test_an_unknown_claim_unit_is_refused_not_read_as_an_error(unit):
+    with pytest.raises(ValueError, match=f"unknown claim unit {unit!r}; valid: accuracy, error"):
+        leaderboard.verdict(0.9775, math.nan, 0.977, unit)
+    rows = _rows(E["mlp-400-200-100-sgd"], [0.9775]).assign(claim_unit="percent")
+    with pytest.raises(ValueError, match="unknown claim unit 'percent'"):
+        leaderboard.summarize(rows, E)
+
+
+def test_a_nan_mean_is_no_result_not_reproduced():
+    assert leaderboard.verdict(math.nan, math.nan, 0.977) == "no result"
+    assert leaderboard.verdict(math.nan, math.nan, (0.975, 0.985)) == "no result"
+    assert leaderboard.verdict(math.nan, math.nan, None) == "no claim"
+    mlp = E["mlp-400-200-100-sgd"]
+    summary = leaderboard.summarize(_rows(mlp, [math.nan, math.nan]), E)
+    assert summary.set_index("entry").loc[mlp.id, "verdict"] == "no result"
+    md = leaderboard.markdown(summary, E)
+    assert "| mlp-400-200-100-sgd | test (accuracy) | none | none | 2 | 97.70% accuracy | " \
+           "no result | 2.00 |" in md

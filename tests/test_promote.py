@@ -95,3 +95,17 @@ def test_a_promoted_entry_trains_on_its_study_split(tmp_path):
                                                                   expected.x_train)
     _, history = reproduce.train_entry(small, split, x_eval, y_eval, 0, CPU)
     assert 0 <= history[0]["val_acc"] <= 1 and 0 <= history[0]["eval_acc"] <= 1
+
+
+def test_a_diverged_first_seed_does_not_set_the_entry_epochs(tmp_path):
+    # Issue 21: finalize writes epochs=0 (and NaN accuracies) for a seed whose loss went
+    # non-finite; when that seed is the winner's first row, the entry once got 0 epochs and
+    # reproducing it failed on an empty history.
+    df = finalists([("mlp", 1, 3, MLP, [0.98, 0.981], [0.97, 0.971])])
+    df = pd.concat([df.iloc[:1].assign(val_acc=float("nan"), test_acc=float("nan"), epochs=0,
+                                       seed=99), df], ignore_index=True)
+    write(tmp_path / "results", df)
+    entry = promote.promote("mlp_vs_cnn", tmp_path / "results", tmp_path / "entries")
+    assert entry.recipe.epochs == MLP.epochs == 3
+    assert entry.recipe == MLP
+    assert entry.claim == pytest.approx(0.9705)

@@ -161,14 +161,14 @@ def test_two_workers_on_postgresql_one_killed_nothing_lost(tiny_cli, postgres):
                            env=tiny_cli.env, capture_output=True, text=True, timeout=120)
     assert early.returncode == 2  # a worker joins a study; it never creates one
     assert early.stderr.strip().startswith(
-        "error: no study tiny.mlp in postgresql://bench:***@127.0.0.1:")
+        "error: no study tiny.r0.mlp in postgresql://bench:***@127.0.0.1:")
     assert optuna.get_all_study_names(db) == [] and not tiny_cli.results.exists()
     first = subprocess.Popen(tiny_cli.cmd("study", "tiny", "DEVICE=cpu", "TRIALS=24",
                                           "WORKERS=1", f"STORAGE={postgres}"), env=tiny_cli.env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while first.poll() is None and not (  # the study exists and records its settings
-            "tiny.mlp" in optuna.get_all_study_names(db)
-            and "run" in db.get_study_user_attrs(db.get_study_id_from_name("tiny.mlp"))):
+            "tiny.r0.mlp" in optuna.get_all_study_names(db)
+            and "run" in db.get_study_user_attrs(db.get_study_id_from_name("tiny.r0.mlp"))):
         time.sleep(0.1)
     second = subprocess.Popen(tiny_cli.cmd("worker", "tiny", f"STORAGE={postgres}"),
                               env=tiny_cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -113,11 +113,10 @@ def test_rerun_continues_the_same_study(tiny_mnist, tmp_path):
 
 def test_resuming_on_another_split_is_refused(tiny_mnist, tmp_path):
     _run(tmp_path, trials=2)
-    message = "holds a study with another split, search space or precision"
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=r"with other settings \(SEED 0 → 1\)"):
         _run(tmp_path, trials=4, seed=1)
     wider = replace(STUDY, space=replace(SPACE, lr=(1e-4, 1e-2)))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=r"another search space.*\(the study file changed\)"):
         _run(tmp_path, definition=wider, trials=4)
     assert len(store.read(tmp_path / "results" / "t", "trials")) == 2
 
@@ -126,8 +125,8 @@ def test_a_trial_killed_between_its_two_hashes_does_not_block_the_study(tiny_mni
     """make soak found it: a worker refused the study after a kill landed between the writes."""
     _, _, out = _run(tmp_path, trials=2)
     db = storage.open_storage(None, out / "optuna.journal")
-    first = db.get_all_trials(db.get_study_id_from_name("t.mlp"))[0]
-    sub = optuna.load_study(study_name="t.mlp", storage=db)
+    first = db.get_all_trials(db.get_study_id_from_name("t.r0.mlp"))[0]
+    sub = optuna.load_study(study_name="t.r0.mlp", storage=db)
 
     def killed(**hashes: str) -> None:
         sub.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs=hashes))
@@ -136,7 +135,7 @@ def test_a_trial_killed_between_its_two_hashes_does_not_block_the_study(tiny_mni
     trials, _, _ = _run(tmp_path, trials=4)  # continued, not refused
     assert len(trials[trials["stop_reason"] != "killed"]) >= 4
     killed(split_hash=first.user_attrs["split_hash"], space_hash="another")
-    with pytest.raises(ValueError, match="another split, search space or precision"):
+    with pytest.raises(ValueError, match="another search space"):
         _run(tmp_path, trials=6)
 
 
@@ -190,9 +189,12 @@ def test_smoke_study_on_real_mnist_through_the_cli(real_mnist, tmp_path):
             (tmp_path / "mlp_vs_cnn-smoke" / "runs.jsonl").read_text().splitlines()]
     assert [r["role"] for r in runs] == ["study"] + ["worker"] * (workers - 1)
     assert runs[0]["config"]["workers"] == workers
-    per_family = trials.groupby("family").size()
-    assert set(per_family.index) == {"mlp", "cnn"}
-    assert per_family.between(3, 3 + workers - 1).all()  # each family's quota, plus overshoot
+    # The study's default: 3 replicates on a CPU, each family's quota in each, plus overshoot.
+    per_unit = trials.groupby(["family", "replicate"]).size()
+    assert set(per_unit.index) == {(f, r) for f in ("mlp", "cnn") for r in range(3)}
+    assert per_unit.between(3, 3 + workers - 1).all()
+    assert trials.groupby("replicate")["split_hash"].nunique().eq(1).all()
+    assert trials["split_hash"].nunique() == 3  # each replicate its own split
     assert "Best trial per family" in proc.stdout
 
 
@@ -203,10 +205,23 @@ def test_comparison_line_ranks_every_family_with_its_gap_to_the_best():
         "value": [0.97, 0.98, 0.991, 0.995, 0.9], "wall_seconds": [1.0, 2.0, 10.0, 1.0, 0.333],
         "params_count": [100, 200, 3000, 10, 7850]})
     assert tables.comparison(trials) == (
-        "validation, best trial per family, best first: cnn 99.10% [10 s, 3,000 params]; "
-        "mlp 98.00% (1.10 pp behind) [2 s, 200 params]; "
-        "lin 90.00% (9.10 pp behind) [0.333 s, 7,850 params]")
+        "validation, best trial per family (one replicate: a family verdict needs "
+        "REPLICATES>=3), best first: cnn 99.10% [best in 1 of 1, 11 s per replicate]; "
+        "mlp 98.00% (1.10 pp behind) [best in 0 of 1, 3 s per replicate]; "
+        "lin 90.00% (9.10 pp behind) [best in 0 of 1, 0.333 s per replicate]")
     assert tables.comparison(trials[trials["family"] == "mlp"]) == ""
+
+
+def test_comparison_line_takes_the_median_over_replicates():
+    """cnn has the single best trial (99.5%), but mlp is better in two of three replicates."""
+    trials = pd.DataFrame({
+        "family": ["mlp"] * 3 + ["cnn"] * 3, "replicate": [0, 1, 2] * 2,
+        "state": ["COMPLETE"] * 6, "value": [0.98, 0.97, 0.96, 0.995, 0.95, 0.94],
+        "wall_seconds": [10.0] * 6, "params_count": [1] * 6})
+    assert tables.comparison(trials) == (
+        "validation, best trial per family (median over 3 replicates), best first: "
+        "mlp 97.00% [best in 2 of 3, 10 s per replicate]; "
+        "cnn 95.00% (2.00 pp behind) [best in 1 of 3, 10 s per replicate]")
 
 
 def test_ctrl_c_keeps_completed_trials_and_the_rerun_continues(real_mnist, tmp_path):
@@ -370,7 +385,7 @@ def test_precision_and_fast_reach_every_trial_and_are_stored_for_workers(tiny_mn
     config = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["config"]
     assert (config["precision"], config["fast"]) == ("bf16", False)
     db = storage.open_storage(None, out / "optuna.journal")
-    stored = optuna.load_study(study_name="t.mlp", storage=db).user_attrs["run"]
+    stored = optuna.load_study(study_name="t.r0.mlp", storage=db).user_attrs["run"]
     assert (stored["precision"], stored["fast"]) == ("bf16", False)  # what `make worker` takes
 
     calls.clear()
@@ -393,8 +408,7 @@ def test_default_workers_one_per_usable_core_capped(monkeypatch):
 
 def test_a_study_is_not_continued_in_another_precision(tiny_mnist, tmp_path):
     _run(tmp_path, trials=2)
-    with pytest.raises(ValueError, match=r"another split, search space or precision \(SEED, "
-                                         r"DEVICE, PRECISION"):
+    with pytest.raises(ValueError, match=r"other settings \(PRECISION fp32 → bf16\)"):
         _run(tmp_path, trials=4, precision="bf16")
     trials, _, _ = _run(tmp_path, trials=4)  # the same precision continues
     assert len(trials) == 4
@@ -442,10 +456,9 @@ def test_mlp_vs_cnn_asks_what_it_asked_before():
         assert space.normalization_of(trial) == "mnist"
 
 
-def test_the_readme_example_study_loads_and_validates(tmp_path, monkeypatch):
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Writing a study", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+def test_the_docs_example_study_loads_and_validates(tmp_path, monkeypatch):
+    page = (Path(__file__).parents[1] / "docs" / "writing-studies.md").read_text()
+    code = page.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "adam_vs_sgd.py").write_text(code)
     monkeypatch.setattr(cli, "STUDIES_DIR", tmp_path)
     definition = cli.load_study("adam_vs_sgd")
