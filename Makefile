@@ -34,7 +34,7 @@ BENCH_STUDY_KEYS := NAME TRIALS WORKERS DEVICE SEED SMOKE RESULTS_DIR
 SOAK_KEYS := STORAGE MINUTES WORKERS SEED RESULTS_DIR
 
 .PHONY: help setup study worker finalize report reproduce promote leaderboard bench bench-study soak list test \
-  test-full test-gpu lint clean
+  test-full test-gpu docs lint clean
 
 help: ## show this help
 	@echo "usage: make TARGET [NAME=study] [KEY=VALUE ...]"
@@ -101,6 +101,9 @@ test-full: $(SETUP) ## all CPU tests, slow ones included
 
 test-gpu: $(SETUP) ## CUDA tests (run on a GPU machine)
 	@$(PY) -m pytest -m gpu
+
+docs: $(SETUP) ## regenerate docs/knobs.md and docs/schema.md from the registries and schemas
+	@$(PY) -m bench.reference
 
 lint: $(SETUP) ## ruff
 	@$(PY) -m ruff check bench tests studies

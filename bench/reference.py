@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import data, finalists, models, optim, reproduce, space, store
+from bench import data, finalists, models, optim, reproduce, space, stats, store
 
 ROOT = Path(__file__).resolve().parent.parent
 REGENERATE = "python -m bench.reference"
@@ -165,6 +165,9 @@ TABLES: list[tuple[str, dict[str, str], str]] = [
     ("results/<name>/misclassified.parquet", finalists.MISCLASSIFIED_COLUMNS,
      "Written by `make finalize`: each family winner's mistakes with their pixels, for the "
      "report."),
+    ("results/<name>/verdicts.parquet", stats.VERDICT_COLUMNS,
+     "One row per comparison, written by `make finalize`: the family verdict across replicates "
+     "(level `family`) and the per-replicate diagnostic of two finalists (level `replicate`)."),
     ("results/leaderboard.parquet", reproduce.ROW_COLUMNS,
      "Written by `make reproduce`: one row per entry-seed."),
 ]

@@ -39,7 +39,8 @@ STUDY = Study(
         arch_ranges={"mlp": {"width": (32, 512)}},
         normalization=("none", "half", "mnist"),
     ),
-    # GPU: 40 trials per family. CPU: 2 minutes per family.
+    # Per replicate. GPU: 40 trials per family. CPU: 80 s of training per family (two worker
+    # processes: 2 minutes of wall time a replicate).
     trials={"cpu": 1000, "cuda": 120},
-    timeout={"cpu": 360, "cuda": None},
+    timeout={"cpu": 240, "cuda": None},
 )

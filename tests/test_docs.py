@@ -91,12 +91,15 @@ BAD_INPUT = [
     "postgresql://user@host[:port]/database URL",
     "error: cannot open STORAGE=postgresql://bench:***@127.0.0.1:1/studies: connection failed:",
     "error: no study at results/x/optuna.journal; start it first with",
-    "error: no study x.mlp in postgresql://",
+    "error: no study x.r0.mlp in postgresql://",
     "error: .../optuna.journal is not an Optuna journal; move it away or choose another "
     "RESULTS_DIR",
-    "error: .../optuna.journal holds other studies (other.mlp), not x.mlp, x.cnn;",
-    "error: ... holds a study with another split, search space or precision (SEED, DEVICE, "
-    "PRECISION or the study file changed);",
+    "error: .../optuna.journal holds other studies (other.mlp), not x.r0.mlp, x.r0.cnn;",
+    "error: ... holds this study run with other settings (SEED 0 → 5);",
+    "error: ... holds trials of another search space, split size or precision (the study file "
+    "changed);",
+    "error: no completed trial for cnn (replicate 1) in results/x/trials.parquet: the study "
+    "cannot compare its families; the test split was not read",
     "error: <the system's reason>: <the path>",
     "error: results/leaderboard.md has no leaderboard.json beside it to keep its rows from, and "
     "15 entries have no run in results/leaderboard.parquet (...); reproduce them or move "

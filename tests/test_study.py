@@ -139,18 +139,6 @@ def test_a_trial_killed_between_its_two_hashes_does_not_block_the_study(tiny_mni
         _run(tmp_path, trials=6)
 
 
-def test_time_budget_is_split_between_families(tiny_mnist, tmp_path):
-    trials, _, _ = _run(tmp_path, trials=1000, timeout=6)
-    counts = trials.groupby("family").size()
-    assert set(counts.index) == {"mlp", "cnn"}
-    assert (counts < 500).all()  # the clock, not the trial quota, ended the study
-    seconds = trials.groupby("family")["wall_seconds"].sum()
-    # Each family stops once its 3 s are used (sampling and storage overhead included, so
-    # training gets less); the families differ by at most about one trial.
-    assert (seconds >= 1).all()
-    assert abs(seconds["mlp"] - seconds["cnn"]) <= trials["wall_seconds"].max() + 0.5
-
-
 def test_hyperband_with_trials_of_different_lengths(tiny_mnist, tmp_path):
     hyperband = replace(
         STUDY, space=replace(SPACE, epochs=(1, 4)), trials={"cpu": 16},
@@ -256,12 +244,14 @@ def test_ctrl_c_keeps_completed_trials_and_the_rerun_continues(real_mnist, tmp_p
 def _journal_trials(journal: Path) -> dict[tuple[str, int], optuna.trial.FrozenTrial]:
     """Every trial in a journal by (family, number), read as another process would."""
     db = storage.open_storage(None, journal)
-    return {(s.study_name.split(".")[-1], t.number): t for s in db.get_all_studies()
+    return {(s.study_name.split(".", 1)[1], t.number): t for s in db.get_all_studies()
             for t in db.get_all_trials(s._study_id, deepcopy=False)}
 
 
 def test_kill_9_mid_trial_then_the_same_command_resumes(tiny_cli):
-    cmd = tiny_cli.cmd("study", "tiny", "DEVICE=cpu", "TRIALS=6", "WORKERS=1")
+    """A replicated study, killed mid-trial, then rerun: nothing completed is lost, in any
+    replicate, and the killed trial's configuration is run again in its own replicate."""
+    cmd = tiny_cli.cmd("study", "tiny", "DEVICE=cpu", "TRIALS=6", "WORKERS=1", "REPLICATES=2")
     journal = tiny_cli.results / "tiny" / "optuna.journal"
     proc = subprocess.Popen(cmd, env=tiny_cli.env, stdout=subprocess.DEVNULL)
     running: list[tuple[str, int]] = []
@@ -279,10 +269,11 @@ def test_kill_9_mid_trial_then_the_same_command_resumes(tiny_cli):
     assert "1 trial(s) of a dead process marked FAIL" in rerun.stdout
     after = _journal_trials(journal)
     trials = pd.read_parquet(tiny_cli.results / "tiny" / "trials.parquet")
-    assert sorted(zip(trials["family"], trials["number"], strict=True)) == sorted(after)
+    trials["unit"] = "r" + trials["replicate"].astype(str) + "." + trials["family"]
+    assert sorted(zip(trials["unit"], trials["number"], strict=True)) == sorted(after)
     assert "RUNNING" not in set(trials["state"])
     (family, number), = running
-    lost = trials.set_index(["family", "number"]).loc[(family, number)]
+    lost = trials.set_index(["unit", "number"]).loc[(family, number)]
     assert lost["state"] == "FAIL" and lost["stop_reason"] == "killed"
     retry, = [t for (f, _), t in after.items() if f == family
               and t.user_attrs.get("retry_of") == number]
@@ -293,7 +284,8 @@ def test_kill_9_mid_trial_then_the_same_command_resumes(tiny_cli):
         if t.state == TrialState.COMPLETE:
             assert after[key].value == t.value
     counted = trials[~trials["stop_reason"].isin(["interrupted", "killed"])]
-    assert counted.groupby("family").size().to_dict() == {"mlp": 3, "cnn": 3}
+    assert counted.groupby("unit").size().to_dict() == {"r0.mlp": 3, "r0.cnn": 3,
+                                                        "r1.mlp": 3, "r1.cnn": 3}
 
 
 def test_parallel_workers_share_one_journal(tiny_cli):
@@ -306,7 +298,7 @@ def test_parallel_workers_share_one_journal(tiny_cli):
     trials = pd.read_parquet(tiny_cli.results / "tiny" / "trials.parquet")
     assert 32 <= len(trials) <= 32 + 4 - 1
     assert trials.groupby("family").size().min() >= 16
-    assert not trials.duplicated(["family", "number"]).any()
+    assert not trials.duplicated(["replicate", "family", "number"]).any()
     assert set(trials["state"]) == {"COMPLETE"}
     ran = _journal_trials(tiny_cli.results / "tiny" / "optuna.journal")
     assert len({t.user_attrs["pid"] for t in ran.values()}) >= 2  # the workers did run trials
@@ -437,10 +429,16 @@ def test_five_families_get_equal_budgets_and_a_holm_adjusted_test_verdict(tiny_m
     result = finalists.finalize(five, out, torch.device("cpu"), k=1, seeds=2, refresh=False,
                                 console=Console(quiet=True))
     assert set(result.loc[result["family"] == "mlp-half", "normalization"]) == {"half"}
-    table, line = stats.family_verdicts(result, store.read(out, "test_predictions"))
-    assert len(table) == 5 and table["p Holm"].notna().sum() == 4
-    assert "Holm-adjusted over 4 comparisons" in line
-    assert table.iloc[0]["family"] == stats.best_on_validation(result)
+    verdicts = store.read(out, "verdicts")
+    reference = stats.reference_family(stats.replicate_scores(result))
+    family = verdicts[verdicts["level"] == "family"]
+    assert sorted(family["family"]) == sorted(set(FIVE) - {reference})  # no family vanishes
+    assert (family["reference"] == reference).all()
+    # one replicate: no family verdict, and the answer says so
+    assert (family["verdict"] == "not separable").all()
+    assert "one replicate" in stats.answer(verdicts, 1)
+    diagnostic = verdicts[verdicts["level"] == "replicate"]
+    assert len(diagnostic) == 4 and diagnostic["p_adjusted"].notna().all()
 
 
 def test_mlp_vs_cnn_asks_what_it_asked_before():
@@ -489,3 +487,124 @@ def test_progress_bars_count_each_family_and_say_which_trials_are_this_process(t
     text = console.export_text()
     assert re.search(r"trials mlp \(2 by this process\) .* 2/2", text)
     assert re.search(r"trials cnn \(2 by this process\) .* 2/2", text)
+
+
+# --- replicates and the scheduler ---------------------------------------------------------------
+
+M, C = (0, "mlp"), (0, "cnn")
+
+
+def test_schedule_gives_every_family_the_same_trials_and_fills_replicates_in_order():
+    t = study.Tally
+    assert study.schedule({M: t(done=2), C: t(done=1)}, quota=3, budget=None) == C
+    assert study.schedule({M: t(done=1, running=1), C: t(done=1)}, 3, None) == C
+    # replicate 0 is taken (done + running reach the quota): replicate 1 starts
+    assert study.schedule({M: t(done=2, running=1), C: t(done=3), (1, "mlp"): t(),
+                           (1, "cnn"): t()}, 3, None) == (1, "mlp")
+    # nothing to start: wait while a trial runs (it may die and be queued again), else done
+    assert study.schedule({M: t(done=2, running=1), C: t(done=3)}, 3, None) == study.WAIT
+    assert study.schedule({M: t(done=3), C: t(done=4)}, 3, None) is None
+
+
+def test_schedule_splits_seconds_equally_and_never_starts_an_epoch_that_cannot_fit():
+    t = study.Tally
+    # the family with the smaller share of its seconds goes next, whatever its trial count
+    assert study.schedule({M: t(done=9, seconds=20), C: t(done=2, seconds=40)}, 1000, 60) == M
+    # 57 of 60 s used and an epoch takes 4 s: the trial would overrun, so it is not started
+    assert study.schedule({M: t(done=9, seconds=57, epoch_s=4), C: t(done=2, seconds=60)},
+                          1000, 60) is None
+    assert study.schedule({M: t(done=9, seconds=55, epoch_s=4), C: t(seconds=60)}, 1000,
+                          60) == M
+
+
+def test_schedule_runs_a_queued_retry_even_when_the_budget_is_spent():
+    """A retry reruns a lost trial's configuration; skipping it would leave a WAITING trial."""
+    t = study.Tally
+    assert study.schedule({M: t(done=3, seconds=90), C: t(done=3, seconds=61, queued=1)},
+                          1000, 60) == C
+    assert study.schedule({M: t(done=3), C: t(done=3, queued=1)}, 3, None) == C
+
+
+def test_a_timed_study_charges_every_second_and_leaves_nothing_waiting(tiny_mnist, tmp_path):
+    trials, epochs, out = _run(tmp_path, trials=1000, timeout=6)
+    seconds = trials.groupby("family")["wall_seconds"].sum()
+    longest_epoch = epochs["seconds"].max()
+    # 3 s a family: a trial stops before an epoch that would not end inside the budget, and
+    # none starts without room for one epoch, so a family overruns by less than an epoch
+    # (plus the trial's set-up, which the next epoch's estimate does not see)
+    assert (seconds <= 3 + 2 * longest_epoch + 0.5).all(), seconds.to_dict()
+    db = storage.open_storage(None, out / "optuna.journal")
+    waiting = [t for s in db.get_all_studies() for t in db.get_all_trials(s._study_id)
+               if t.state == TrialState.WAITING]
+    assert not waiting
+    assert "s per replicate" in tables.family_summary(trials)
+
+
+def test_replicates_run_the_whole_study_again_on_their_own_split_and_seeds(tiny_mnist, tmp_path):
+    trials, epochs, out = _run(tmp_path, trials=4, replicates=2)
+    assert trials.groupby(["replicate", "family"]).size().to_dict() == {
+        (0, "cnn"): 2, (0, "mlp"): 2, (1, "cnn"): 2, (1, "mlp"): 2}
+    hashes = trials.groupby("replicate")["split_hash"].unique()
+    assert len(hashes[0]) == len(hashes[1]) == 1 and hashes[0][0] != hashes[1][0]
+    seeds = trials.set_index(["replicate", "family", "number"])["seed"]
+    assert seeds.loc[0, "mlp", 0] != seeds.loc[1, "mlp", 0]
+    assert seeds.loc[1, "mlp", 0] == study.derive_seed(1, "mlp", 0)  # study seed SEED + 1
+    assert set(epochs["replicate"]) == {0, 1}
+    db = storage.open_storage(None, out / "optuna.journal")
+    assert sorted(optuna.get_all_study_names(db)) == ["t.r0.cnn", "t.r0.mlp", "t.r1.cnn",
+                                                      "t.r1.mlp"]
+    run = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
+    assert run["split_hashes"] == {"0": hashes[0][0], "1": hashes[1][0]}
+    assert run["config"]["replicates"] == 2
+
+
+def test_more_replicates_keep_the_finished_ones(tiny_mnist, tmp_path):
+    first, _, _ = _run(tmp_path, trials=4, replicates=1)
+    second, _, _ = _run(tmp_path, trials=4, replicates=3)
+    keep = ["replicate", "family", "number", "value", "param_lr", "seed"]
+    pd.testing.assert_frame_equal(
+        first[keep].sort_values(keep[:3]).reset_index(drop=True),
+        second[second["replicate"] == 0][keep].sort_values(keep[:3]).reset_index(drop=True))
+    assert second.groupby("replicate").size().to_dict() == {0: 4, 1: 4, 2: 4}
+
+
+def test_a_finished_study_is_not_shown_for_another_seed(tiny_mnist, tmp_path):
+    """A rerun with another SEED used to print the old seed's table and 'nothing to do'."""
+    _run(tmp_path, trials=2)
+    with pytest.raises(ValueError, match=r"other settings \(SEED 0 → 5\)"):
+        _run(tmp_path, trials=2, seed=5)
+
+
+def test_finalize_over_replicates_writes_the_family_verdict(tiny_mnist, tmp_path):
+    _, _, out = _run(tmp_path, trials=4, replicates=2)
+    result = finalists.finalize(STUDY, out, torch.device("cpu"), k=1, seeds=2, refresh=False,
+                                console=Console(quiet=True))
+    assert result.groupby(["replicate", "family"]).size().to_dict() == {
+        (0, "cnn"): 2, (0, "mlp"): 2, (1, "cnn"): 2, (1, "mlp"): 2}
+    trials = store.read(out, "trials")
+    for r in (0, 1):  # each replicate's finalists retrain on that replicate's own split
+        assert set(result.loc[result["replicate"] == r, "split_hash"]) == set(
+            trials.loc[trials["replicate"] == r, "split_hash"])
+    predictions = store.read(out, "test_predictions")
+    assert set(predictions["replicate"]) == {0, 1}
+    verdicts = store.read(out, "verdicts")
+    assert list(verdicts.columns) == list(stats.VERDICT_COLUMNS)
+    family = verdicts[verdicts["level"] == "family"]
+    assert len(family) == 1 and family["n"].iloc[0] == 2 and family["replicate"].isna().all()
+    assert family["verdict"].iloc[0] in {"better", "worse", "not separable"}
+    assert set(verdicts.loc[verdicts["level"] == "replicate", "replicate"]) == {0, 1}
+
+
+def test_finalize_refuses_a_study_with_a_family_that_has_no_finalist(tiny_mnist, tmp_path,
+                                                                      test_file_opens):
+    _, _, out = _run(tmp_path, trials=4, replicates=2)
+    trials = store.read(out, "trials")
+    trials.loc[(trials["family"] == "cnn") & (trials["replicate"] == 1), "state"] = "FAIL"
+    store.write_parquet(out / "trials.parquet", trials)
+    with pytest.raises(ValueError, match=r"no completed trial for cnn \(replicate 1\) in .*: "
+                                         r"the study cannot compare its families; the test "
+                                         r"split was not read"):
+        finalists.finalize(STUDY, out, torch.device("cpu"), k=1, seeds=1, refresh=False,
+                           console=Console(quiet=True))
+    assert not (out / "test_access.jsonl").exists() and not (out / "finalists.parquet").exists()
+    assert not test_file_opens
