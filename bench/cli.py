@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import importlib.util
 import math
+import os
 import re
 import sys
 import time
@@ -35,6 +36,7 @@ from bench import (
     soak,
     speed,
     storage,
+    store,
     study,
     throughput,
     train,
@@ -245,12 +247,26 @@ def _named(args: argparse.Namespace, keys: dict[str, Callable[[str], Any]]) -> t
     return name, load_study(name), overrides
 
 
-def _folder(name: str, overrides: dict) -> Path:
-    out = study.results_folder(Path(overrides.get("results_dir", "results")), name,
-                               overrides.get("smoke", False))
+def _folder(name: str, overrides: dict, command: str = "") -> Path:
+    """The study's results folder; without SMOKE=1 but beside a smoke run's, the error points
+    there rather than at `make study`, which would start the full study."""
+    results_dir = Path(overrides.get("results_dir", "results"))
+    out = study.results_folder(results_dir, name, overrides.get("smoke", False))
     if not (out / "trials.parquet").is_file():
+        smoke = study.results_folder(results_dir, name, True)
+        if command and not overrides.get("smoke") and (smoke / "trials.parquet").is_file():
+            where = f" RESULTS_DIR={results_dir}" if "results_dir" in overrides else ""
+            raise UsageError(f"no study results in {out}, but a smoke run's in {smoke}: "
+                             f"`make {command} NAME={name} SMOKE=1{where}` uses them "
+                             f"(`make study NAME={name}` runs the full study)")
         raise UsageError(f"no study results in {out}; run `make study NAME={name}` first")
     return out
+
+
+def _smoke_line(console: Console, smoke: bool) -> None:
+    """A smoke command says so last, where the eye lands: its numbers are not findings."""
+    if smoke:
+        console.print(report.SMOKE_LINE, markup=False, style="bold")
 
 
 def cmd_study(args: argparse.Namespace, console: Console) -> None:
@@ -266,6 +282,7 @@ def cmd_study(args: argparse.Namespace, console: Console) -> None:
                   f"{where})", markup=False)
     held_out = "" if (out / "finalists.parquet").is_file() else " (validation only)"
     console.print(f"report{held_out}: {page}", markup=False)
+    _smoke_line(console, cfg.smoke)
 
 
 def cmd_worker(args: argparse.Namespace, console: Console) -> None:
@@ -274,28 +291,33 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> None:
     out = study.join(definition, name, overrides, console)
     console.print(f"worker done; this machine's copy of the store: {out}/trials.parquet",
                   markup=False)
+    _smoke_line(console, overrides.get("smoke", False))
 
 
 def cmd_finalize(args: argparse.Namespace, console: Console) -> None:
     name, definition, overrides = _named(args, FINALIZE_KEYS)
-    out = _folder(name, overrides)
+    out = _folder(name, overrides, "finalize")
     device = train.resolve_device(overrides.get("device", "auto"))
     if device.type == "cpu":
         host.tune()  # as `make study` trains: threads and the allocator setting
-    finalists.finalize(definition, out, device, overrides.get("k", finalists.K),
-                       overrides.get("seeds", finalists.SEEDS), overrides.get("refresh", False),
-                       console)
+    scored = finalists.finalize(definition, out, device, overrides.get("k", finalists.K),
+                                overrides.get("seeds", finalists.SEEDS),
+                                overrides.get("refresh", False), console)
+    if note := report.selection_note(store.read(out, "trials"), scored):
+        console.print(note, markup=False)
     console.print(f"finalists: {out}/finalists.parquet; test reads logged in "
-                  f"{out}/test_access.jsonl")
-    console.print(f"report: {report.build(out, name)}")
+                  f"{out}/test_access.jsonl", markup=False)
+    console.print(f"report: {report.build(out, name)}", markup=False)
+    _smoke_line(console, overrides.get("smoke", False))
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> None:
     name, _, overrides = _named(args, REPORT_KEYS)
     start = time.perf_counter()
-    page = report.build(_folder(name, overrides), name)
+    page = report.build(_folder(name, overrides, "report"), name)
     console.print(f"report: {page} ({page.stat().st_size / 1e6:.1f} MB, "
-                  f"{time.perf_counter() - start:.1f} s)")
+                  f"{time.perf_counter() - start:.1f} s)", markup=False)
+    _smoke_line(console, overrides.get("smoke", False))
 
 
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
@@ -451,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "name", None) and "=" in args.name:
         args.settings.insert(0, args.name)
         args.name = None
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    # A terminal's own width, or COLUMNS=; 120 when piped (a log file), where rich would say 80.
+    columns = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    console = Console(width=None if columns else 120)
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"  # one line each
     try:
         args.func(args, console)

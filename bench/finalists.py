@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from bench import data, provenance, stats, store, study, train
 from bench.models import count_params
-from bench.tables import rich_table
+from bench.tables import FittedTable, rich_table
 
 CODE = "bench.finalists"
 # Default finalists per family and replicate, and seeds per finalist: the family verdict uses
@@ -228,8 +227,10 @@ def _misclassified(predictions: pd.DataFrame, images: torch.Tensor) -> pd.DataFr
     return pd.DataFrame(rows, columns=list(MISCLASSIFIED_COLUMNS))
 
 
-def _progress_table() -> Table:
-    table = Table(title="Finalists (chosen on validation, scored once on test)")
+def _progress_table() -> FittedTable:
+    """Seeds as run index (`1/2`), accuracies in percent; fits the terminal's width."""
+    table = FittedTable("Finalists (chosen on validation, scored once on test)",
+                        drop=("rank", "trial"))
     for col in ("family", "replicate", "rank", "trial", "seed", "val acc", "test acc"):
         table.add_column(col, justify="left" if col == "family" else "right")
     return table

@@ -24,9 +24,10 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from rich.table import Table
+from rich.text import Text
 
 from bench import data, models, optim, store, train
+from bench.tables import FittedTable
 
 ENTRIES_DIR = Path(__file__).resolve().parent.parent / "entries"
 SPLITS = ("all", "contiguous", "stratified")
@@ -512,14 +513,20 @@ RULE = ("a claim is reproduced when it lies within mean ± max(2·std, 0.3 pp) o
         "0.3 pp alone sets the band.")
 
 
-def rich_table(summary: pd.DataFrame) -> Table:
-    table = Table(title="Leaderboard", caption=f"verdict: {RULE}")
-    for head in ("group", *HEADERS):
-        table.add_column(head, justify="left" if head in ("group", "entry", "verdict")
-                         else "right", no_wrap=head == "entry")  # ids stay whole and copyable
+def rich_table(summary: pd.DataFrame) -> FittedTable:
+    """The leaderboard for the terminal, each group under its title. No number or verdict is
+    cut at any width: a narrow terminal leaves out accuracy (1 − error) first, then s/epoch,
+    seeds and what it was scored on (`tables.FittedTable`)."""
+    table = FittedTable("Leaderboard", f"verdict: {RULE}",
+                        drop=("accuracy (mean ± std)", "s/epoch", "seeds", "scored on"))
+    for head in HEADERS:
+        text = head in ("entry", "scored on", "claim (source's unit)", "verdict")
+        table.add_column(head, justify="left" if text else "right", keep=head == "verdict",
+                         no_wrap=head == "entry")  # ids stay whole and copyable
     for group, part in summary.groupby("group", sort=False):
-        for i, (_, s) in enumerate(part.iterrows()):
-            table.add_row(group if i == 0 else "", *_cells(s))
+        table.add_row(Text(GROUPS.get(group, group), style="bold"), *[""] * (len(HEADERS) - 1))
+        for _, s in part.iterrows():
+            table.add_row(*_cells(s))
         table.add_section()
     return table
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import html
 import json
+import math
+import re
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +24,20 @@ from plotly.subplots import make_subplots
 
 from bench import stats, store
 from bench.store import read_verdicts, with_replicate
-from bench.tables import best_per_replicate, comparison, family_summary, human
+from bench.tables import (
+    SUMMARY_CAPTION,
+    best_per_replicate,
+    comparison,
+    human,
+    intervals,
+    seconds,
+    summary_frame,
+)
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+# The line every smoke command ends with and the banner atop a smoke report.
+SMOKE_LINE = ("SMOKE RUN: a small subset of the training images, 1–2 epochs, a handful of "
+              "trials. It checks that the pipeline works; its numbers are not findings.")
 CUT = "#b0b0b0"  # trials stopped early (pruned or out of budget)
 ERROR_FLOOR = 0.01  # %: one image in 10,000; a perfect score is drawn there on the log axis
 ERROR_AXIS = "validation error (%, log scale)"
@@ -42,6 +56,67 @@ def colors(families: list[str]) -> dict[str, str]:
 
 def _families(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(df["family"]))
+
+
+# --- axes: major ticks only, every point inside, integers as integers ----------------------------
+
+def percent(v: float) -> str:
+    return f"{v:g}%"
+
+
+def plain_number(v: float) -> str:
+    """A tick label: 1e-6, 0.001, 0.05, 10, 20k, 1.5M."""
+    if v >= 1e6:
+        return f"{v / 1e6:g}M"
+    if v >= 1e4:
+        return f"{v / 1e3:g}k"
+    if v < 1e-3:  # 1e-6 rather than 0.000001
+        mantissa, exponent = f"{v:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{v:.10f}".rstrip("0").rstrip(".") if v < 1 else f"{v:g}"
+
+
+def log_axis(values: Iterable[float], fmt: Callable[[float], str] = percent,
+             decades: float = 3) -> dict:
+    """A log axis for `values`: labelled ticks at 1, 2 and 5 times a power of ten (powers of ten
+    alone over more than `decades`), the range from the tick at or below the smallest value
+    to the one at or above the largest, with a margin, so that no point sits beyond the last
+    label. Plotly's own labels every minor tick (`9 8 7 6 5 4 3 2` between 10 and 100)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x) and x > 0], float)
+    if not len(v):
+        return {"type": "log"}
+    lo, hi = v.min(), v.max()
+    steps = (1, 2, 5) if hi / lo <= 10**decades else (1,)
+    ticks = sorted(float(f"{s}e{k}") for k in range(math.floor(math.log10(lo)) - 1,
+                                                    math.ceil(math.log10(hi)) + 2)
+                   for s in steps)
+    below = max(t for t in ticks if t <= lo * (1 + 1e-9))
+    above = min(t for t in ticks if t >= hi * (1 - 1e-9) and t > below)
+    shown = [t for t in ticks if below <= t <= above]
+    a, b = math.log10(below), math.log10(above)
+    pad = 0.04 * (b - a)
+    return {"type": "log", "range": [a - pad, b + pad], "tickmode": "array", "tickvals": shown,
+            "ticktext": [fmt(t) for t in shown]}
+
+
+def integer_axis(values: Iterable[float]) -> dict:
+    """Ticks at whole numbers only (trial numbers, epochs): a step of 1, 2, 5, 10, ... so that
+    at most eight are labelled, and a margin so the first and last points are not on the edge."""
+    v = [float(x) for x in values if x is not None and np.isfinite(x)]
+    if not v:
+        return {}
+    lo, hi = min(v), max(v)
+    step = next(s * 10**k for k in range(12) for s in (1, 2, 5) if (hi - lo) / (s * 10**k) <= 8)
+    pad = max(0.3, 0.04 * (hi - lo))
+    return {"tickmode": "linear", "tick0": 0, "dtick": step, "range": [lo - pad, hi + pad],
+            "tickformat": "d"}
+
+
+def _legend(fig: go.Figure, height: int = 450) -> go.Figure:
+    """A figure tall enough for its whole legend: plotly scrolls a legend that does not fit."""
+    entries = sum(1 for t in fig.data if t.showlegend is not False)
+    groups = len({t.legendgroup for t in fig.data if t.showlegend is not False})
+    return fig.update_layout(height=max(height, 130 + 22 * entries + 12 * groups))
 
 
 # --- validation-side figures ---------------------------------------------------------------------
@@ -79,18 +154,27 @@ def history_figure(trials: pd.DataFrame) -> go.Figure:
                             legendgroup=family, showlegend=shown,
                             hovertext=f"{family} replicate {replicate}")
         first = False
-    fig.update_xaxes(title_text="trial number", row=1, col=1)
-    fig.update_xaxes(title_text="seconds", row=1, col=2)
-    fig.update_yaxes(type="log")
+    fig.update_xaxes(title_text="trial number", row=1, col=1, **integer_axis(trials["number"]))
+    fig.update_xaxes(title_text="the family's training seconds in its replicate", row=1, col=2)
+    fig.update_yaxes(**log_axis(y for t in fig.data for y in t.y))
     fig.update_yaxes(title_text=ERROR_AXIS, row=1, col=1)
-    return fig.update_layout(title="Optimisation history (validation error; lower is better)")
+    return _legend(fig.update_layout(
+        title="Optimisation history (validation error; lower is better)"))
+
+
+def _trial(family: str, replicate: int, number: int, replicates: int) -> str:
+    """`cnn #3`, or `cnn #3 (replicate 1)` where trial numbers repeat across replicates."""
+    return f"{family} #{number}" + (f" (replicate {replicate})" if replicates > 1 else "")
 
 
 def curves_figure(trials: pd.DataFrame, epochs: pd.DataFrame, top: int = 5) -> go.Figure:
-    """Learning curves: the `top` completed trials per family in colour, early-stopped in grey.
+    """Learning curves: the `top` completed trials per family (over all replicates) in colour,
+    early-stopped in grey; a trial is its (replicate, number), as numbers repeat per replicate.
 
     A grey curve ends with an x where the pruner (or the time budget) cut the trial.
     """
+    trials, epochs = with_replicate(trials), with_replicate(epochs)
+    k = trials["replicate"].nunique()
     families = _families(trials)
     col = colors(families)
     fig = make_subplots(1, len(families), shared_yaxes=True, subplot_titles=families,
@@ -98,27 +182,31 @@ def curves_figure(trials: pd.DataFrame, epochs: pd.DataFrame, top: int = 5) -> g
     legend = False  # one legend entry for all stopped trials
     for c, family in enumerate(families, start=1):
         t = trials[trials["family"] == family]
-        best = t[t["state"] == "COMPLETE"].nlargest(top, "value")["number"].tolist()
-        cut = t[t["stop_reason"].isin(["pruned", "budget"])]["number"].tolist()
+        best = t[t["state"] == "COMPLETE"].nlargest(top, "value")[["replicate", "number"]]
+        cut = t[t["stop_reason"].isin(["pruned", "budget"])][["replicate", "number"]]
         e = epochs[epochs["family"] == family]
-        for number in cut:
-            h = e[e["number"] == number]
+        for r, number in cut.itertuples(index=False):
+            h = e[(e["replicate"] == r) & (e["number"] == number)]
             fig.add_scatter(x=h["epoch"], y=error(h["val_acc"]), mode="lines+markers", row=1,
                             col=c, line={"color": CUT, "width": 1},
                             marker={"symbol": ["circle"] * (len(h) - 1) + ["x"],
                                     "size": [3] * (len(h) - 1) + [9], "color": CUT},
                             name="stopped early (x = cut)", legendgroup="cut",
-                            showlegend=not legend, hovertext=f"{family} #{number}")
+                            showlegend=not legend, hovertext=_trial(family, r, number, k))
             legend = True
-        for rank, number in enumerate(best, start=1):
-            h = e[e["number"] == number]
+        for rank, (r, number) in enumerate(best.itertuples(index=False), start=1):
+            h = e[(e["replicate"] == r) & (e["number"] == number)]  # one legend entry a family
             fig.add_scatter(x=h["epoch"], y=error(h["val_acc"]), mode="lines+markers", row=1,
                             col=c, line={"color": col[family], "width": 3 if rank == 1 else 1.5},
-                            name=f"{family} #{number} (rank {rank})")
+                            name=f"{family}: top {len(best)} (thickest: best)",
+                            legendgroup=family, showlegend=rank == 1,
+                            hovertext=f"{_trial(family, r, number, k)}, rank {rank}")
         fig.update_xaxes(title_text="epoch", row=1, col=c)
-    fig.update_yaxes(type="log")
+    fig.update_xaxes(**integer_axis(epochs["epoch"]))
+    fig.update_yaxes(**log_axis(y for t in fig.data for y in t.y))
     fig.update_yaxes(title_text=ERROR_AXIS, row=1, col=1)
-    return fig.update_layout(title=f"Learning curves: top {top} per family and the pruned trials")
+    return _legend(fig.update_layout(
+        title=f"Learning curves: top {top} per family and the pruned trials"))
 
 
 def importance_figure(importances: pd.DataFrame) -> go.Figure:
@@ -134,10 +222,47 @@ def importance_figure(importances: pd.DataFrame) -> go.Figure:
                              height=max(350, 18 * len(importances) + 120))
 
 
-def parallel_figure(trials: pd.DataFrame, family: str) -> go.Figure:
-    """Parallel coordinates of a family's completed trials, coloured by validation accuracy.
+LOG_PARAMS = ("lr", "weight_decay")  # searched on a log scale (space.py)
+CHOICES = ("batch_size",)  # numbers chosen from a list (suggest_categorical), not a range
 
-    Conditional parameters (set only by some trials) are left out: an axis needs every trial.
+
+def _dimension(label: str, values: pd.Series) -> dict:
+    """One parallel-coordinates axis: choices as categories, integers at integers, log-searched
+    numbers on a log axis labelled with the numbers themselves."""
+    if label in CHOICES or not pd.api.types.is_numeric_dtype(values) or (
+            pd.api.types.is_bool_dtype(values)):
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(
+            values)
+        cats = sorted(values.unique(), key=float if numeric else str)
+        codes = values.map({c: i for i, c in enumerate(cats)})
+        return {"label": label.replace("_", " "), "values": codes,
+                "tickvals": list(range(len(cats))), "ticktext": [str(c) for c in cats],
+                "range": [-0.3, len(cats) - 0.7] if len(cats) > 1 else [-1, 1]}
+    vals = values.astype(float)
+    if label in LOG_PARAMS and (vals > 0).all():
+        axis = log_axis(vals, plain_number, decades=1.5)  # a short axis: fewer labels
+        return {"label": f"{label.replace('_', ' ')} (log)", "values": np.log10(vals),
+                "range": axis["range"], "tickvals": [math.log10(t) for t in axis["tickvals"]],
+                "ticktext": axis["ticktext"]}
+    if (vals == vals.round()).all():
+        ticks = sorted(vals.unique())
+        if len(ticks) > 5:  # more than that crowd each other: round numbers instead
+            step = integer_axis(vals)["dtick"]
+            ticks = list(np.arange(math.ceil(vals.min() / step) * step, vals.max() + 1, step))
+        pad = max(0.3, 0.04 * (vals.max() - vals.min()))
+        return {"label": label.replace("_", " "), "values": vals, "tickvals": ticks,
+                "ticktext": [f"{t:,.0f}" for t in ticks],
+                "range": [vals.min() - pad, vals.max() + pad]}
+    return {"label": label.replace("_", " "), "values": vals, "tickformat": ".3~g"}
+
+
+def parallel_figure(trials: pd.DataFrame, family: str) -> go.Figure:
+    """Parallel coordinates of a family's completed trials, coloured by validation error.
+
+    The last axis is the error on a log scale, as in every other figure; the colours span the
+    best trial to the median one, so the good trials differ in colour (darkest: best) and the
+    worse half shares the palest. Conditional parameters (set only by some trials) are left out:
+    an axis needs every trial.
     """
     df = trials[(trials["family"] == family) & (trials["state"] == "COMPLETE")]
     dims = []
@@ -145,20 +270,27 @@ def parallel_figure(trials: pd.DataFrame, family: str) -> go.Figure:
         values = df[column]
         if values.isna().any() or values.nunique() < 2:
             continue
-        label = column.removeprefix("param_")
-        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            log = label == "lr" or label == "weight_decay"
-            vals = np.log10(values.astype(float)) if log else values.astype(float)
-            dims.append({"label": f"log10 {label}" if log else label, "values": vals})
-        else:
-            cats = sorted(values.astype(str).unique())
-            codes = values.astype(str).map({c: i for i, c in enumerate(cats)})
-            dims.append({"label": label, "values": codes, "tickvals": list(range(len(cats))),
-                         "ticktext": cats})
-    dims.append({"label": "val acc", "values": df["value"]})
-    line = {"color": df["value"], "colorscale": "Viridis", "showscale": True}
+        dims.append(_dimension(column.removeprefix("param_"), values))
+    err = error(df["value"])
+    axis = log_axis(err)
+    log_err = np.log10(err)
+    dims.append({"label": "val error (%, log)", "values": log_err, "range": axis["range"],
+                 "tickvals": [math.log10(t) for t in axis["tickvals"]],
+                 "ticktext": axis["ticktext"]})
+    low, mid = float(log_err.min()), float(np.median(log_err))
+    mid = mid if mid > low else low + 0.1
+    gap = 0.1 * (mid - low)  # round ticks inside, none crowding the two labelled ends
+    inner = [math.log10(t) for t in log_axis([10**low, 10**mid])["tickvals"]
+             if low + gap < math.log10(t) < mid - gap]
+    line = {"color": log_err, "colorscale": "Viridis", "cmin": low, "cmax": mid,
+            "showscale": True,
+            "colorbar": {"title": {"text": "val error"}, "tickmode": "array",
+                         "tickvals": [low, *inner, mid],
+                         "ticktext": [f"{10**low:.2g}% best", *(percent(10**t) for t in inner),
+                                      f"{10**mid:.2g}% median"]}}
     return go.Figure(go.Parcoords(line=line, dimensions=dims)).update_layout(
-        title=f"{family}: completed trials across the search space (validation accuracy)")
+        title=f"{family}: completed trials across the search space (validation error; colours "
+              "from the best trial, darkest, to the median one)")
 
 
 def pareto_front(cost: pd.Series, acc: pd.Series) -> pd.Series:
@@ -177,7 +309,8 @@ def cost_figure(trials: pd.DataFrame) -> go.Figure:
 
     The Pareto front (nothing both cheaper and more accurate) is drawn over all families.
     """
-    done = trials[trials["state"] == "COMPLETE"]
+    trials = with_replicate(trials)
+    done, k = trials[trials["state"] == "COMPLETE"], trials["replicate"].nunique()
     col = colors(_families(trials))
     fig = make_subplots(1, 2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("train seconds", "parameters"))
@@ -186,17 +319,20 @@ def cost_figure(trials: pd.DataFrame) -> go.Figure:
             fig.add_scatter(x=df[cost], y=error(df["value"]), mode="markers", row=1, col=c,
                             name=family, legendgroup=family, showlegend=c == 1,
                             marker={"color": col[family], "size": 7, "opacity": 0.7},
-                            hovertext=[f"{family} #{n}" for n in df["number"]])
+                            hovertext=[_trial(family, r, n, k) for r, n in zip(
+                                df["replicate"], df["number"], strict=True)])
         front = done[pareto_front(done[cost], done["value"])].sort_values(cost)
         fig.add_scatter(x=front[cost], y=error(front["value"]), mode="lines+markers", row=1,
                         col=c,
                         name="Pareto front", legendgroup="pareto", showlegend=c == 1,
                         line={"color": "black", "shape": "hv", "dash": "dot"},
                         marker={"symbol": "diamond-open", "size": 12, "color": "black"})
-        fig.update_xaxes(type="log", title_text=cost.replace("_", " "), row=1, col=c)
-    fig.update_yaxes(type="log")
+        title, fmt = (("training seconds (log scale)", lambda t: f"{plain_number(t)} s")
+                      if cost == "wall_seconds" else ("parameters (log scale)", plain_number))
+        fig.update_xaxes(title_text=title, row=1, col=c, **log_axis(done[cost], fmt))
+    fig.update_yaxes(**log_axis(error(done["value"])))
     fig.update_yaxes(title_text=ERROR_AXIS, row=1, col=1)
-    return fig.update_layout(title="Error against cost (validation)")
+    return _legend(fig.update_layout(title="Error against cost (validation)"))
 
 
 def scientific_axis(families: dict[str, dict] | None, names: list[str]) -> tuple[str, dict]:
@@ -228,15 +364,17 @@ def scientific_figure(trials: pd.DataFrame, finalists: pd.DataFrame | None, titl
     xs = [x[f] for f in order]
     fig = go.Figure()
     def bars(mid: pd.Series, lo: pd.Series, hi: pd.Series, shown: list[str]) -> dict:
-        # error() turns the highest accuracy into the lowest error: the bars swap ends
+        # error() turns the lowest accuracy into the highest error: the bar's upper end
         return {"type": "data", "symmetric": False,
-                "array": [error(mid[f]) - error(hi[f]) for f in shown],
-                "arrayminus": [error(lo[f]) - error(mid[f]) for f in shown]}
+                "array": [error(lo[f]) - error(mid[f]) for f in shown],
+                "arrayminus": [error(mid[f]) - error(hi[f]) for f in shown]}
 
     fig.add_scatter(x=xs, y=[error(best[f]) for f in order], mode="lines+markers" if numeric
                     else "markers", name="best trial, validation (median over replicates)",
                     text=order, error_y=bars(best, low, high, order),
-                    marker={"size": 10, "color": PALETTE[0]})
+                    marker={"size": 14, "color": PALETTE[0], "symbol": "circle-open",
+                            "line": {"width": 2}})  # open: a test diamond inside stays visible
+    ends = [error(v[f]) for v in (best, low, high) for f in order]
     if finalists is not None and finalists["test_acc"].notna().any():
         scores = stats.replicate_scores(finalists).dropna(subset=["test_acc"])
         acc = scores.groupby("family")["test_acc"]
@@ -247,12 +385,14 @@ def scientific_figure(trials: pd.DataFrame, finalists: pd.DataFrame | None, titl
                         mode="lines+markers" if numeric else "markers", text=shown,
                         name="rank-1 finalist, test (median over replicates of the mean over "
                              "seeds)",
-                        marker={"size": 10, "symbol": "diamond", "color": PALETTE[1]})
+                        marker={"size": 9, "symbol": "diamond", "color": PALETTE[1]})
+        ends += [error(v[f]) for v in (mid, lo, hi) for f in shown]
     log_x = numeric and min(xs) > 0 and max(xs) / min(xs) >= 8
     fig.update_xaxes(title_text=title, type="log" if log_x else None,
                      tickvals=xs if numeric else None)
-    fig.update_yaxes(type="log", title_text="error (%, log scale)")
-    return fig.update_layout(title=f"The answer: error by {title} (lower is better)")
+    fig.update_yaxes(title_text="error (%, log scale)", **log_axis(ends))
+    return fig.update_layout(title=f"The answer: error by {title} (lower is better)",
+                             legend={"orientation": "h", "yanchor": "top", "y": -0.2})
 
 
 def lr_scaling_figure(trials: pd.DataFrame, x: dict) -> tuple[go.Figure, float]:
@@ -270,7 +410,8 @@ def lr_scaling_figure(trials: pd.DataFrame, x: dict) -> tuple[go.Figure, float]:
     fig.add_scatter(x=best["bs"], y=np.exp(intercept) * best["bs"] ** slope, mode="lines",
                     name=f"fit: lr ∝ batch size^{slope:.2f}", line={"dash": "dot"})
     fig.update_xaxes(type="log", title_text="batch size", tickvals=list(best["bs"]))
-    fig.update_yaxes(type="log", title_text="learning rate")
+    fig.update_yaxes(title_text="learning rate (log scale)",
+                     **log_axis((y for t in fig.data for y in t.y), plain_number))
     return fig.update_layout(title=f"Best learning rate against batch size: slope {slope:.2f} "
                                    "(1 = linear scaling, 0.5 = square root)"), float(slope)
 
@@ -356,7 +497,9 @@ def confusion_figure(predictions: pd.DataFrame, family: str) -> go.Figure:
                                texttemplate="%{text}", zmax=max(1, 60 * seeds)))
     return fig.update_layout(
         title=f"{family} (best on validation): test confusion, {seeds} seeds summed",
-        xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+        xaxis={"title": {"text": "predicted"}, "tickmode": "array", "tickvals": list(range(10))},
+        yaxis={"title": {"text": "true"}, "tickmode": "array", "tickvals": list(range(10)),
+               "autorange": "reversed"},
         height=520, width=620)
 
 
@@ -383,8 +526,9 @@ def misclassified_figure(mis: pd.DataFrame, family: str, limit: int = 40) -> go.
 # --- page ----------------------------------------------------------------------------------------
 
 def _table(df: pd.DataFrame) -> str:
-    """Numbers formatted for people (tables.human), text escaped."""
-    return human(df).to_html(index=False, escape=True, border=0, classes="t")
+    """Numbers formatted for people (tables.human), intervals in one column as the terminal
+    shows them (tables.intervals), text escaped."""
+    return intervals(human(df)).to_html(index=False, escape=True, border=0, classes="t")
 
 
 def _optional(out: Path, table: str) -> pd.DataFrame | None:
@@ -432,6 +576,27 @@ def test_section(out: Path, name: str,
     return parts, verdict
 
 
+def selection_note(trials: pd.DataFrame, finalists: pd.DataFrame | None) -> str:
+    """One sentence when the study's answer line and the test verdict name different families:
+    the first ranks families by their best trial on validation, the second compares with the
+    family whose rank-1 finalist, retrained over seeds, is best on validation. Empty otherwise.
+    """
+    bests = best_per_replicate(trials)
+    if finalists is None or bests.empty or not finalists["test_acc"].notna().any():
+        return ""
+    top = bests.groupby("family", sort=False)["value"].median().sort_values(
+        ascending=False, kind="stable").index[0]
+    try:
+        reference = stats.reference_family(stats.replicate_scores(finalists))
+    except ValueError:  # every finalist diverged: no reference
+        return ""
+    if top == reference:
+        return ""
+    return (f"The two lines name different families: {top} has the best trial on validation, "
+            f"but retrained over seeds {reference}'s finalist is best on validation, so the "
+            f"test verdict compares every family with {reference}.")
+
+
 def provenance_table(run: dict, trials: pd.DataFrame) -> pd.DataFrame:
     """Where the numbers came from: code, versions, device, budget, wall time, data, config."""
     start = trials["datetime_start"].min()
@@ -442,13 +607,13 @@ def provenance_table(run: dict, trials: pd.DataFrame) -> pd.DataFrame:
         "device": run.get("device"), "torch threads": run.get("threads"),
         "deterministic algorithms": run.get("deterministic"),
         "budget": f"{cfg.get('replicates', 1)} replicate(s), each {cfg.get('trials')} trials"
-                  + (f" or {cfg['timeout']:.0f} s of training" if cfg.get("timeout") else "")
-                  + ", split equally between the families",
-        "study wall time": f"{(ends.max() - start).total_seconds():.0f} s from "
+                  + (f" or {seconds(cfg['timeout'])} s of training" if cfg.get("timeout")
+                     else "") + ", split equally between the families",
+        "study wall time": f"{seconds((ends.max() - start).total_seconds())} s from "
                            f"{start:%Y-%m-%d %H:%M} (first trial start to last trial end)"
                            if len(trials) else "–",
         "training seconds per family and replicate": ", ".join(
-            f"{f} r{r} {s:.0f} s" for (f, r), s in with_replicate(trials).groupby(
+            f"{f} r{r} {seconds(s)} s" for (f, r), s in with_replicate(trials).groupby(
                 ["family", "replicate"], sort=False)["wall_seconds"].sum().items()),
         "data MD5 (uncompressed)": run.get("data_md5"),
         "split hash per replicate": json.dumps(run.get("split_hashes"))
@@ -457,24 +622,80 @@ def provenance_table(run: dict, trials: pd.DataFrame) -> pd.DataFrame:
         "resolved config": json.dumps(cfg, sort_keys=True),
         "search space": json.dumps(run.get("space"), sort_keys=True),
     }
-    return pd.DataFrame({"": list(rows), "value": [str(v) for v in rows.values()]})
+    return pd.DataFrame({"": list(rows), "value": ["–" if v is None else str(v)
+                                                   for v in rows.values()]})
+
+
+RENAMED = {"number": "trial"}  # a recipe's keys as the report names them
+
+
+def readable(value: object) -> str:
+    """A logged configuration in words: `optimizer adamw (beta1 0.857), lr 0.000995, ...`;
+    numbers to 3 digits (the log keeps every digit), `X_kwargs` beside X."""
+    if isinstance(value, dict):
+        parts = []
+        for key, v in value.items():
+            if key.endswith("_kwargs") and key.removesuffix("_kwargs") in value:
+                continue
+            text = f"{RENAMED.get(key, key).replace('_', ' ')} {readable(v)}"
+            if kwargs := value.get(f"{key}_kwargs"):
+                text += f" ({readable(kwargs)})"
+            parts.append(text)
+        return ", ".join(parts)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(readable, value)) + "]"
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "none"}[value]
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _when(stamp: str) -> str:
+    """`2026-12-07T22:11:55+00:00` -> `2026-12-07 22:11:55`."""
+    return str(stamp).replace("T", " ").removesuffix("+00:00")
 
 
 def access_table(access: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(access, columns=["when", "code", "why", "seed", "config", "pid"])
-    df["seed"] = df["seed"].astype("Int64")
-    df["config"] = df["config"].map(lambda c: json.dumps(c, sort_keys=True) if c else "")
-    return df
+    """The test-access log for people: consecutive reads for the same purpose (code, reason,
+    configuration, process) in one row with how many there were, their seeds as plain digits
+    and the configuration in words once; test_access.jsonl keeps every record as written."""
+    rows: list[dict] = []
+    for rec in access:
+        config = readable(rec.get("config")) if rec.get("config") else ""
+        why = re.sub(r"\['(.*?)'\]", lambda m: m[1].replace("', '", ", "),
+                     str(rec.get("why", "")))
+        key = (rec.get("code"), why, config, rec.get("pid"))
+        seed = "" if rec.get("seed") is None else str(rec["seed"])
+        if rows and rows[-1]["key"] == key:
+            rows[-1]["last"] = rec.get("when")
+            rows[-1]["seeds"].append(seed)
+            continue
+        rows.append({"key": key, "first": rec.get("when"), "last": rec.get("when"),
+                     "seeds": [seed]})
+    out = []
+    for r in rows:
+        code, why, config, pid = r["key"]
+        first, last = _when(r["first"]), _when(r["last"])
+        when = first if first == last else (
+            f"{first} – {last[11:]}" if first[:10] == last[:10] else f"{first} – {last}")
+        out.append({"when": when, "reads": str(len(r["seeds"])), "code": code, "why": why,
+                    "seeds": ", ".join(s for s in r["seeds"] if s) or "–",
+                    "configuration": config or "–", "pid": "–" if pid is None else str(pid)})
+    return pd.DataFrame(out, columns=["when", "reads", "code", "why", "seeds", "configuration",
+                                      "pid"])
 
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 pre{background:#f6f6f6;padding:.8em;white-space:pre-wrap}
-table.t{border-collapse:collapse;font-size:.9em;margin:.5em 0}
+table.t{border-collapse:collapse;font-size:.9em;margin:.5em 0;display:block;overflow-x:auto}
 table.t td,table.t th{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;
 vertical-align:top}
 .answer{font-size:1.1em;font-weight:600}
 .smoke{background:#fff3cd;border:2px solid #d39e00;padding:.6em;font-weight:700}
+.answer .which{font-weight:400;color:#555}
+.note{font-style:italic}
 """
 
 
@@ -500,7 +721,14 @@ def build(out: Path, name: str) -> Path:
     access = store.read_jsonl(out / "test_access.jsonl")
     finalists = _optional(out, "finalists")
     test_parts, verdict = test_section(out, name, finalists)
-    answer = [comparison(trials), verdict]
+    answer = [("Search", "the best trial on validation", comparison(trials)),
+              ("Test verdict", "the reference is the best finalist on validation, retrained",
+               verdict)]
+    answer_html = [f"<p class='answer'><span class='label'>{label}</span> "
+                   f"<span class='which'>({which}):</span> {html.escape(text)}</p>"
+                   for label, which, text in answer if text]
+    if note := selection_note(trials, finalists):
+        answer_html.append(f"<p class='note'>{html.escape(note)}</p>")
     done = trials[trials["state"] == "COMPLETE"]
     title, x = scientific_axis(run.get("families"), _families(trials))
     glance: list[str | go.Figure] = [scientific_figure(trials, finalists, title, x)] if len(
@@ -514,13 +742,13 @@ def build(out: Path, name: str) -> Path:
     space_parts = importance_parts(importances, trials)
     space_parts += [parallel_figure(trials, f) for f, n in done["family"].value_counts(
         sort=False).items() if n >= 3]  # fewer lines than that show nothing
-    smoke = ["<p class='smoke'>SMOKE RUN: a small subset of the training images, 1–2 epochs, "
-             "a handful of trials. It checks that the pipeline works; its numbers are not "
-             "findings.</p>"] if run.get("config", {}).get("smoke") else []
+    is_smoke = bool(run.get("config", {}).get("smoke"))
+    smoke = [f"<p class='smoke'>{html.escape(SMOKE_LINE)}</p>"] if is_smoke else []
     sections = [
         ("Question", smoke + [f"<pre>{html.escape(run.get('question', ''))}</pre>"]
-         + [f"<p class='answer'>{html.escape(a)}</p>" for a in answer if a] + glance),
-        ("Per family (validation)", [_table(family_summary(trials))]),
+         + answer_html + glance),
+        ("Per family (validation)", [_table(summary_frame(trials)),
+                                     f"<p>{html.escape(SUMMARY_CAPTION)}.</p>"]),
         ("Optimisation history", [history_figure(trials)]),
         ("Learning curves", [curves_figure(trials, epochs)]),
         ("Hyperparameters", space_parts or ["<p>Not enough completed trials.</p>"]),
@@ -534,7 +762,7 @@ def build(out: Path, name: str) -> Path:
                         f"<p>Report built {time.strftime('%Y-%m-%d %H:%M:%S %Z')} from the "
                         f"store in {html.escape(str(out))}.</p>"]),
     ]
-    page = render(f"mnist-bench · {name}", sections)
+    page = render(f"mnist-bench · {name}" + (" (smoke run)" if is_smoke else ""), sections)
     target = out / "report.html"
     store.atomic_write(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return target

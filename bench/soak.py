@@ -13,7 +13,9 @@ come at random moments, over and over, on workers and on the study command itsel
    the trials already counted (equal shares per family) and WORKERS workers of its own: it fails
    the dead trials, runs every queued retry and ends. Its exit status must be 0.
 4. Check: the storage, the Parquet store and (journal) a fresh replay of the log against the
-   invariants in `check`; one table, and exit 0 only when every one holds.
+   invariants in `check`; one table, and exit 0 only when every one holds. A soak whose kills
+   tested nothing (no dead trial, no retry run, or none whose dead trial had a seed to compare)
+   is "inconclusive" and exits non-zero too: every other row would read "0 of 0" and pass.
 
 Only processes this module started are ever signalled, by pid. The trial-count bound is checked
 for the finish run (whose TRIALS is what was counted at the end of the chaos); during the chaos
@@ -114,8 +116,9 @@ def check(trials: Trials, parquet: pd.DataFrame, seen: dict[tuple[str, int], flo
     rerun = [(f, t) for f, t in due if any(
         r.user_attrs.get("retry_of") == t.number and r.state != TrialState.WAITING
         for r in trials[f])]
-    matched = [(f, r) for f, r in everything if "retry_of" in r.user_attrs
-               and _same_run(by_key.get((f, r.user_attrs["retry_of"])), r)]
+    compared = Counter(_same_run(by_key.get((f, r.user_attrs["retry_of"])), r)
+                       for f, r in everything if "retry_of" in r.user_attrs)
+    ran = sum("retry_of" in t.user_attrs and t.state != TrialState.WAITING for _, t in everything)
     changed = [k for k, v in seen.items() if k not in by_key
                or by_key[k].state != TrialState.COMPLETE or by_key[k].value != v]
     numbers = Counter((f, t.number) for f, t in everything)
@@ -129,14 +132,20 @@ def check(trials: Trials, parquet: pd.DataFrame, seen: dict[tuple[str, int], flo
     running = sum(t.state == TrialState.RUNNING for _, t in everything)
     waiting = sum(t.state == TrialState.WAITING for _, t in everything)
     twice = sum(n > 1 for n in retries.values())
+    evidence = compared[SAME] + compared[DIFFERENT]  # retries whose dead trial had a seed
     return [
+        Check(CONCLUSIVE, f"{len(dead)} dead, {ran} retries run, {evidence} with a seed to "
+                          "compare", bool(dead) and ran > 0 and evidence > 0),
         Check("trials left RUNNING", str(running), running == 0),
         Check("queued retries never run (WAITING left)", str(waiting), waiting == 0),
         Check("killed trials run again (below the retry limit)", f"{len(rerun)} of {len(due)}",
               len(rerun) == len(due)),
         Check("dead trials queued more than once", str(twice), twice == 0),
         Check("retries with their dead trial's configuration and seed",
-              f"{len(matched)} of {sum(retries.values())}", len(matched) == sum(retries.values())),
+              f"{compared[SAME]} of {evidence}"
+              + (f" ({compared[NOTHING]} more killed before their seed was set: nothing to "
+                 "compare)" if compared[NOTHING] else ""),
+              compared[DIFFERENT] == 0),
         Check("duplicate trial numbers within a family",
               str(sum(n > 1 for n in numbers.values()) + store_dupes),
               max(numbers.values(), default=1) == 1 and store_dupes == 0),
@@ -151,14 +160,20 @@ def check(trials: Trials, parquet: pd.DataFrame, seen: dict[tuple[str, int], flo
     ]
 
 
-def _same_run(dead: FrozenTrial | None, retry: FrozenTrial) -> bool:
-    """A retry reruns what its dead trial had sampled (a trial killed while sampling had only
-    part of its configuration; the retry samples the rest) with the same seed, if one was set."""
-    if dead is None:
-        return False
-    same = all(retry.params.get(k) == v for k, v in dead.params.items())
-    return same and dead.user_attrs.get("seed", retry.user_attrs.get("seed")) == \
-        retry.user_attrs.get("seed")
+CONCLUSIVE = "kills that left dead trials, retried (else inconclusive)"
+SAME, DIFFERENT, NOTHING = "same", "different", "nothing to compare"
+
+
+def _same_run(dead: FrozenTrial | None, retry: FrozenTrial) -> str:
+    """SAME when a retry reruns its dead trial's configuration with its seed; DIFFERENT when
+    either differs (or the dead trial is missing); NOTHING when the dead trial was killed before
+    its seed was set: a match then proves nothing, so it is counted apart. Whatever part of the
+    configuration it had sampled must still be the retry's (the retry samples the rest)."""
+    if dead is None or any(retry.params.get(k) != v for k, v in dead.params.items()):
+        return DIFFERENT
+    if "seed" not in dead.user_attrs:
+        return NOTHING
+    return SAME if dead.user_attrs["seed"] == retry.user_attrs.get("seed") else DIFFERENT
 
 
 def replay(journal: Path) -> Check:
@@ -312,14 +327,28 @@ def run(cfg: Config, console: Console) -> Path:
         "given_up": sum(outcomes.stop_reason(t) == "killed" and t.user_attrs.get("attempt", 1)
                         >= storage.MAX_ATTEMPTS for ts in trials.values() for t in ts),
         "checks": [vars(c) for c in checks], "ok": all(c.ok for c in checks),
+        "verdict": verdict(checks),
         "kill_log": chaos.kills, "own_exits": chaos.own_exits, "command": _command(cfg),
     }
     store.write_json(out / "soak.json", summary)
     console.print(table(summary))
+    if summary["verdict"] == "inconclusive":
+        raise SoakFailed(f"soak inconclusive: its {len(chaos.kills)} kills left no dead trial "
+                         "that was retried with a seed to compare, so recovery went untested; "
+                         f"run it longer (MINUTES=) or with more WORKERS=; see {out}/soak.json")
     if not summary["ok"]:
         raise SoakFailed(f"{sum(not c.ok for c in checks)} invariant(s) broken; see the table "
                          f"and {out}/soak.json")
     return out
+
+
+def verdict(checks: list[Check]) -> str:
+    """passed; failed when an invariant broke; inconclusive when none broke but the kills
+    never produced a dead trial and its retry to check them on."""
+    broken = {c.name for c in checks if not c.ok}
+    if not broken:
+        return "passed"
+    return "inconclusive" if broken == {CONCLUSIVE} else "failed"
 
 
 def _finish(cmd: list[str], log: IO[str]) -> int:
@@ -358,4 +387,6 @@ def table(summary: dict) -> Table:
                 f"{summary['retried']} / {summary['given_up']}", "")
     for c in summary["checks"]:
         out.add_row(c["name"], c["shown"], "yes" if c["ok"] else "NO")
+    if "verdict" in summary:
+        out.add_row("soak", summary["verdict"], "")
     return out

@@ -12,6 +12,12 @@ size, epochs and train/validation split, so their validation accuracies are comp
 Each row runs in a fresh Python process (`python -m bench.speed`, a job on stdin, the result on
 stdout), so one row's threads, allocator settings and caches cannot help or hurt another; the rows
 of a model run back to back, so they see the same machine load, recorded with each row.
+
+Like with like: the default rows (tutorial, plain, fast) all run at the harness's thread count
+(`host.default_threads`), and the table shows each row's threads and precision; a speed-up is
+only computed against a row of the same model at the same thread count (the `fast-torch-threads`
+ablation, at torch's default, gets none). On a 2-core machine `plain` once ran torch's 2 threads
+against `fast`'s 1, which made the MLP's `fast` row look slower than `plain` (issue 21).
 """
 
 from __future__ import annotations
@@ -73,10 +79,12 @@ class Pipeline:
 PIPELINES = {
     "tutorial": Pipeline("torchvision MNIST, ToTensor+Normalize, DataLoader, eager loop; "
                          "the host settings of fast", tutorial=True),
-    "plain": Pipeline("harness, eager, fp32, torch's default threads and allocator (before "
-                      "tuning)", fast=False, threads=False, malloc=False, precision="fp32"),
+    "plain": Pipeline("harness, eager, fp32, glibc's default allocator (before tuning), at the "
+                      "same threads as the other rows", fast=False, malloc=False,
+                      precision="fp32"),
     "fast": Pipeline("harness: CUDA graph per step on CUDA; on a CPU channels-last convs, bf16 "
-                     "autocast where the CPU has bf16, host threads and allocator settings"),
+                     "autocast where the CPU has bf16 and the model's kind gains from it "
+                     "(train.resolve_precision), host threads and allocator settings"),
     # Ablations of fast, one setting off each (make bench ROWS=...):
     "fast-nchw": Pipeline("fast without its train.build/fit paths (no channels-last, no graphs)",
                           fast=False),
@@ -217,8 +225,8 @@ def run_row(job: dict) -> dict:
     device = torch.device(job["device"])
     settings = host.tune(threads=pipeline.threads, malloc=pipeline.malloc)
     load_before = os.getloadavg()[0]
-    precision = "fp32" if pipeline.tutorial else train.resolve_precision(pipeline.precision,
-                                                                          device)
+    precision = "fp32" if pipeline.tutorial else train.resolve_precision(
+        pipeline.precision, device, models.get_model(case.arch).kind)
     if pipeline.tutorial:
         history, split_hash = _tutorial(case, device, job["epochs"], job["seed"],
                                         Path(job["root"]))
@@ -258,23 +266,28 @@ def _spawn(job: dict) -> dict:
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows -> one table with each row's speed-up over its model's first row (the tutorial's)."""
+    """Rows -> one table with each row's speed-up over its model's first row (the tutorial's),
+    like with like only: a row at another thread count than that first row gets none (NaN)."""
     df = pd.DataFrame(rows)
-    first = df.groupby("model", sort=False)["seconds_per_epoch"].first()
-    df["speedup"] = df["model"].map(first) / df["seconds_per_epoch"]
+    first = df.groupby("model", sort=False)[["seconds_per_epoch", "threads"]].first()
+    same = df["threads"] == df["model"].map(first["threads"])
+    df["speedup"] = (df["model"].map(first["seconds_per_epoch"])
+                     / df["seconds_per_epoch"]).where(same)
     return df
 
 
 def table(df: pd.DataFrame) -> Table:
     first = df.iloc[0]
     out = Table(title=f"seconds per epoch on {first['device']}, {first['epochs']} epochs, "
-                      f"batch {first['batch_size']}")
-    for col in ("model", "pipeline", "s/epoch", "val acc", f"vs {df.iloc[0]['pipeline']}"):
+                      f"batch {first['batch_size']}",
+                caption=f"vs {first['pipeline']}: rows of one model at the same threads only")
+    for col in ("model", "pipeline", "threads", "precision", "s/epoch", "val acc",
+                f"vs {first['pipeline']}"):
         out.add_column(col, justify="left" if col in ("model", "pipeline") else "right")
     for r in df.itertuples():
-        out.add_row(r.model, r.pipeline + (" (graph)" if r.cuda_graph else "")
-                    + (" (bf16)" if r.precision == "bf16" else ""),
-                    f"{r.seconds_per_epoch:.2f}", f"{r.final_val_acc:.4f}", f"{r.speedup:.1f}x")
+        out.add_row(r.model, r.pipeline + (" (graph)" if r.cuda_graph else ""), str(r.threads),
+                    r.precision, f"{r.seconds_per_epoch:.2f}", f"{r.final_val_acc:.4f}",
+                    "—" if pd.isna(r.speedup) else f"{r.speedup:.1f}x")
     return out
 
 
@@ -291,7 +304,8 @@ def run(cfg: Config, console: Console) -> Path:
                    "epochs": cfg.epochs, "seed": cfg.seed, "root": str(root), "md5": raw.md5}
             row = _spawn(job)
             console.print(f"{model:>16} {pipeline:>18}: {row['seconds_per_epoch']:.2f} s/epoch, "
-                          f"val acc {row['final_val_acc']:.4f}, load {row['load_before']:.1f}")
+                          f"val acc {row['final_val_acc']:.4f}, {row['threads']} thread(s), "
+                          f"{row['precision']}, load {row['load_before']:.1f}")
             rows.append(row)
     df = frame(rows)
     df["started"] = started.isoformat(timespec="seconds")

@@ -275,7 +275,8 @@ def family_spaces(families: dict[str, dict[str, Any]], space: Space,
 
 def validate(study: Study, cfg: RunConfig) -> dict[str, Space]:
     """Everything that can be wrong with a study before any file is written."""
-    spaces = family_spaces(families_for(study, cfg.device), space_for(study, cfg))
+    spaces = family_spaces(families_for(study, cfg.device), space_for(study, cfg, smoke=False),
+                           smoke=cfg.smoke)
     if cfg.trials <= 0:
         raise ValueError(f"TRIALS={cfg.trials} must be > 0")
     if cfg.replicates <= 0:

@@ -76,14 +76,24 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+# Model kinds (`models.ModelEntry.kind`) that bf16 autocast made slower on a CPU that has bf16:
+# on a 2-core Xeon with AMX, one thread, mlp-400-200-100 took 1.51 s/epoch in bf16 against 1.42
+# in float32, while cnn-conv32 took 4.59 against 5.63 (issue 21). An MLP's matmuls are too small
+# for the casts around them to pay.
+BF16_SLOWER_KINDS = frozenset({"mlp"})
+
+
+def resolve_precision(name: str, device: torch.device, kind: str | None = None) -> str:
     """`auto`: bf16 on a CPU that computes it natively, where `make bench` measured it faster at
-    the same accuracy (README Performance); float32 elsewhere, CUDA included until measured there.
+    the same accuracy (README Performance); float32 elsewhere, CUDA included until measured there,
+    and for a model of a kind in BF16_SLOWER_KINDS. Without a `kind` (a run whose trials mix
+    kinds) a bf16 CPU gets bf16, as for the convolutions that gain from it.
     """
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}")
     if name == "auto":
-        return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+        faster = device.type == "cpu" and cpu_has_bf16() and kind not in BF16_SLOWER_KINDS
+        return "bf16" if faster else "fp32"
     return name
 
 

@@ -70,7 +70,7 @@ def test_finalize_scores_only_finalists_logs_each_read_and_reuses_scores(
 
     page = report.build(out, "t").read_text()
     assert "Finalists on the held-out test set" in page and "No test numbers yet" not in page
-    assert "paired-bootstrap" in page and "Holm-adjusted" in page and "test confusion" in page
+    assert "Family verdict" in page and "Holm-adjusted" in page and "test confusion" in page
     assert page.count("bench.finalists") == 10  # the access log, one row per read
 
 
@@ -113,5 +113,6 @@ def test_finalize_says_when_a_family_has_fewer_trials_than_k_and_prints_the_verd
     text = console.export_text()
     for family, n in done.items():
         assert (result["family"] == family).sum() == n
-        assert f"{family}: only {n} completed trial" in text and "instead of K=3" in text
+        assert f"{family} replicate 0: only {n} completed trial" in text
+        assert "instead of K=3" in text
     assert "Test verdict" in text and "(best on validation)" in text

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
+from rich.console import Console
 
 from bench import outcomes, soak
 
@@ -62,7 +63,8 @@ def test_a_healthy_end_state_passes_every_invariant():
 def test_each_planted_fault_breaks_its_invariant():
     never_queued = healthy()  # #2 is a new trial, not the retry of #1
     never_queued["mlp"][2] = trial(2, TrialState.COMPLETE, value=0.8, stop_reason="")
-    assert broken(never_queued) == ["killed trials run again (below the retry limit)"]
+    assert broken(never_queued) == [soak.CONCLUSIVE,  # nothing was retried: nothing tested
+                                    "killed trials run again (below the retry limit)"]
 
     assert broken(healthy(), seen={("mlp", 0): 0.91}) == [  # a completed value overwritten
         "completed trials whose value changed after a kill"]
@@ -129,3 +131,55 @@ def test_one_minute_soak_on_the_journal_loses_nothing(real_mnist, tmp_path):
     assert sum(summary["kills"].values()) >= 5  # a kill every 2-8 s for a minute
     assert summary["finished"] + summary["pruned"] > 0
     assert "trials left RUNNING" in proc.stdout and "soak passed" in proc.stdout
+
+
+def _verdict(trials: soak.Trials, asked: int = 4) -> tuple[str, dict[str, str]]:
+    checks = soak.check(trials, as_store(trials), {}, trials_asked=asked, workers=2)
+    return soak.verdict(checks), {c.name: c.shown for c in checks}
+
+
+def test_a_soak_whose_kills_never_landed_is_inconclusive_not_passed():
+    # Issue 21: with no kill landing on a trial every row read "0 of 0 ... ok" and the soak passed.
+    quiet = {"mlp": [trial(0, TrialState.COMPLETE, value=0.9, stop_reason="")],
+             "cnn": [trial(0, TrialState.COMPLETE, value=0.95, stop_reason="")]}
+    found, shown = _verdict(quiet, asked=2)
+    assert found == "inconclusive"
+    assert shown[soak.CONCLUSIVE] == "0 dead, 0 retries run, 0 with a seed to compare"
+    assert soak.verdict(soak.check(healthy(), as_store(healthy()), {}, 4, 2)) == "passed"
+    # dead trials whose retries never ran: a broken invariant, so failed rather than inconclusive
+    unretried = healthy()
+    del unretried["mlp"][2]
+    assert _verdict(unretried)[0] == "failed"
+
+
+def test_a_retry_of_a_trial_killed_before_its_seed_is_counted_apart_not_matched():
+    # Issue 21: _same_run counted such a retry as matched, although there was nothing to compare.
+    vacuous = healthy()
+    vacuous["mlp"][1] = optuna.trial.create_trial(state=TrialState.FAIL, params={},
+                                                  distributions={},
+                                                  user_attrs={"stop_reason": "killed"})
+    vacuous["mlp"][1].number = 1
+    assert soak._same_run(vacuous["mlp"][1], vacuous["mlp"][2]) == soak.NOTHING
+    found, shown = _verdict(vacuous)
+    assert found == "inconclusive"  # the only retry tested nothing
+    assert shown["retries with their dead trial's configuration and seed"] == (
+        "0 of 0 (1 more killed before their seed was set: nothing to compare)")
+    assert _verdict(healthy())[1]["retries with their dead trial's configuration and seed"] == (
+        "1 of 1")
+    partial = healthy()  # killed while sampling: the lr it had drawn must still be the retry's
+    partial["mlp"][1] = trial(1, TrialState.FAIL, lr=0.02, stop_reason="killed")
+    partial["mlp"][1].user_attrs.pop("seed")
+    assert soak._same_run(partial["mlp"][1], partial["mlp"][2]) == soak.DIFFERENT
+
+
+def test_an_inconclusive_soak_is_its_own_verdict_in_the_table():
+    checks = [soak.Check(soak.CONCLUSIVE, "0 dead, 0 retries run, 0 with a seed to compare",
+                         False), soak.Check("trials left RUNNING", "0", True)]
+    assert soak.verdict(checks) == "inconclusive"
+    assert soak.verdict([*checks, soak.Check("journal replays", "x", False)]) == "failed"
+    summary = {"storage": "j", "minutes": 1.0, "workers": 2, "kills": {}, "kills_at_end": 0,
+               "finished": 1, "pruned": 0, "failed_killed": 0, "retried": 0, "given_up": 0,
+               "checks": [vars(c) for c in checks], "verdict": "inconclusive"}
+    console = Console(record=True, width=200)
+    console.print(soak.table(summary))
+    assert "inconclusive" in console.export_text()

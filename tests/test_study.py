@@ -141,7 +141,7 @@ def test_a_trial_killed_between_its_two_hashes_does_not_block_the_study(tiny_mni
 
 def test_hyperband_with_trials_of_different_lengths(tiny_mnist, tmp_path):
     hyperband = replace(
-        STUDY, space=replace(SPACE, epochs=(1, 4)), trials={"cpu": 16},
+        STUDY, space=replace(SPACE, epochs=(1, 4)), trials=16,
         pruner=lambda max_epochs: optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=max_epochs, reduction_factor=2))
     trials, epochs, _ = _run(tmp_path, definition=hyperband)
@@ -159,7 +159,7 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_mnist, tmp_pat
     mlp_only = {"mlp": SPACE.arch_ranges["mlp"]}
     bad = replace(STUDY, space=replace(SPACE, archs=("mlp",), lr=(1e6, 1e7), optimizers=("sgd",),
                                        arch_ranges=mlp_only), families=MLP_WIDTHS,
-                  trials={"cpu": 4})
+                  trials=4)
     trials, _, _ = _run(tmp_path, definition=bad)
     assert len(trials) == 4
     assert (trials["state"] == "FAIL").all() and (trials["stop_reason"] == "nonfinite").all()
@@ -214,6 +214,7 @@ def test_comparison_line_takes_the_median_over_replicates():
 
 def test_ctrl_c_keeps_completed_trials_and_the_rerun_continues(real_mnist, tmp_path):
     cmd = [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
+           "REPLICATES=1",
            "WORKERS=1", f"RESULTS_DIR={tmp_path}"]
     store_file = tmp_path / "mlp_vs_cnn-smoke" / "trials.parquet"
     proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
@@ -336,7 +337,7 @@ def test_a_study_whose_trials_mostly_fail_stops_with_a_clear_message(tiny_mnist,
     mlp_only = {"mlp": SPACE.arch_ranges["mlp"]}
     bad = replace(STUDY, space=replace(SPACE, archs=("mlp",), lr=(1e6, 1e7), optimizers=("sgd",),
                                        arch_ranges=mlp_only), families=MLP_WIDTHS,
-                  trials={"cpu": 40})
+                  trials=40)
     with pytest.raises(outcomes.StudyFailing, match=r"^5 of the 5 trials run so far failed "
                                                  r"\(nonfinite 5\); stopped instead of"):
         _run(tmp_path, definition=bad)

@@ -88,6 +88,10 @@ def test_plain_numbers_fix_a_value_or_mean_both_devices():
     assert definition.replicates == {"cpu": 2, "cuda": 2}
     assert Study(question="q", families=TWO, space=SPACE, timeout=None).timeout == {
         "cpu": None, "cuda": None}
+    fixed = narrow(SPACE, "f", {"lr": 2e-3, "epochs": 4, "batch_size": 64})
+    assert (fixed.lr, fixed.epochs, fixed.batch_size) == ((2e-3, 2e-3), (4, 4), (64,))
+    with pytest.raises(SpaceError, match=r"family 'f': lr=\(0.5, 0.5\) is not a range inside"):
+        narrow(SPACE, "f", {"lr": 0.5})
 
 
 def test_weight_decay_may_be_exactly_zero_but_a_log_range_may_not_start_there():
