@@ -25,7 +25,7 @@ export MNIST_DIR
 # hands over those of KEYS that come from the environment.
 env = $(foreach v,$(1),$(if $(filter environment,$(origin $(v))),$(v)=$($(v))))
 STUDY_KEYS := NAME TRIALS TIMEOUT DEVICE SEED SMOKE RESULTS_DIR WORKERS STORAGE PRECISION FAST \
-  REPLICATES
+  REPLICATES SAMPLER
 WORKER_KEYS := NAME STORAGE WORKERS SMOKE RESULTS_DIR
 FINALIZE_KEYS := NAME K SEEDS DEVICE REFRESH SMOKE RESULTS_DIR
 REPRODUCE_KEYS := ENTRY N_SEEDS DEVICE SAVE THREADS RESULTS_DIR
@@ -41,6 +41,7 @@ help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 	@echo "study settings: NAME TRIALS TIMEOUT DEVICE=auto|cpu|cuda SEED SMOKE=1 RESULTS_DIR"
 	@echo "                REPLICATES=k (the whole study k times, seeds SEED..SEED+k-1)"
+	@echo "                SAMPLER=tpe|random|qmc (tpe: the study file's own sampler)"
 	@echo "                WORKERS=n STORAGE=postgresql://user@host/db PRECISION=auto|fp32|bf16 FAST=0"
 	@echo "finalize settings: NAME K SEEDS DEVICE REFRESH=1 SMOKE=1 RESULTS_DIR"
 	@echo "reproduce settings: ENTRY N_SEEDS=3 DEVICE=auto|cpu|cuda SAVE=1 THREADS RESULTS_DIR"

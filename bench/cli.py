@@ -98,11 +98,17 @@ def _precision(v: str) -> str:
     return v
 
 
+def _sampler(v: str) -> str:
+    if v not in study.SAMPLERS:
+        raise ValueError(" or ".join(study.SAMPLERS))
+    return v
+
+
 STUDY_KEYS: dict[str, Callable[[str], Any]] = {
     "NAME": str, "TRIALS": _positive_int, "TIMEOUT": _seconds, "DEVICE": _device,
     "SEED": _int, "SMOKE": _flag, "RESULTS_DIR": _nonempty, "WORKERS": _positive_int,
     "STORAGE": storage.check_url, "PRECISION": _precision, "FAST": _flag,
-    "REPLICATES": _positive_int,
+    "REPLICATES": _positive_int, "SAMPLER": _sampler,
 }
 # A worker joins a study that exists and takes its settings (study.RUN_KEYS: trials, timeout,
 # device, seed, precision, ...) from the storage; only where to find it, and how many processes

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -39,16 +40,17 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import Progress
 
-from bench import data, host, optim, provenance, storage, store, train
+from bench import curves, data, host, optim, provenance, storage, store, train
 from bench.models import count_params
 from bench.outcomes import FAILED, check_failures, counts, frames, importances, stop_reason
 from bench.space import Space, SpaceError, canonical, narrow
-from bench.tables import comparison, config_table, progress_bars, summary_table
+from bench.tables import comparison, config_table, progress_bars, rich_table, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
 RUN_KEYS = ("trials", "timeout", "device", "seed", "smoke", "precision", "fast",
-            "replicates")  # stored, joined
-CONTINUED_KEYS = ("seed", "device", "precision")  # a continued study keeps these
+            "replicates", "sampler")  # stored, joined
+CONTINUED_KEYS = ("seed", "device", "precision", "sampler")  # a continued study keeps these
+SAMPLERS = ("tpe", "random", "qmc")
 AUTO_WORKERS = 8
 POLL_S = 1.0  # how often a worker with nothing to start looks at the others' trials again
 
@@ -183,6 +185,7 @@ class RunConfig:
     precision: str = "fp32"  # resolved: "fp32" or "bf16" (train.resolve_precision)
     fast: bool = True  # train.build/fit speed paths; False: the eager loop (FAST=0)
     replicates: int = 1  # the whole study run again under study seeds SEED .. SEED+k-1
+    sampler: str = "tpe"  # SAMPLERS: tpe = the study file's own; random, qmc: i.i.d. samplers
 
     @property
     def out(self) -> Path:
@@ -225,6 +228,7 @@ def resolve(study: Study, name: str, device: torch.device, overrides: dict) -> R
         precision=train.resolve_precision(overrides.get("precision", "auto"), device),
         fast=overrides.get("fast", True),
         replicates=overrides.get("replicates", study.replicates[device.type]),
+        sampler=overrides.get("sampler", "tpe"),
     )
 
 
@@ -256,14 +260,16 @@ def family_spaces(families: dict[str, dict[str, Any]], space: Space,
     if not isinstance(families, dict) or len(families) < 2:
         raise SpaceError(f"a study compares at least two families; got {families!r}")
     space.validate()
-    spaces = {f: narrow(space, f, fields) for f, fields in families.items()}
+    samplers = family_samplers(families)
+    spaces = {f: narrow(space, f, {k: v for k, v in fields.items() if k != "sampler"})
+              for f, fields in families.items()}
     seen: dict[str, str] = {}
     for family, narrowed in spaces.items():
         try:
             narrowed.validate(narrowed=True)
         except SpaceError as exc:
             raise SpaceError(f"family {family!r}: {exc}") from None
-        key = json.dumps(canonical(narrowed), sort_keys=True, default=str)
+        key = json.dumps([canonical(narrowed), samplers[family]], sort_keys=True, default=str)
         if key in seen:
             raise SpaceError(f"families {seen[key]!r} and {family!r} are the same space; "
                              "a family must narrow some field to a value of its own")
@@ -271,6 +277,33 @@ def family_spaces(families: dict[str, dict[str, Any]], space: Space,
     if smoke:
         spaces = {f: replace(s, epochs=SMOKE_EPOCHS) for f, s in spaces.items()}
     return spaces
+
+
+def family_samplers(families: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+    """The sampler a family names (`{"sampler": "random"}`: the search method as the scientific
+    parameter), else None: the run's SAMPLER. Not a Space field, since it is how the space is
+    searched, not what it holds."""
+    named = {}
+    for family, fields in families.items():
+        name = fields.get("sampler") if isinstance(fields, dict) else None
+        if name is not None and name not in SAMPLERS:
+            raise SpaceError(f"family {family!r}: sampler={name!r}; valid: "
+                             f"{', '.join(SAMPLERS)}")
+        named[family] = name
+    return named
+
+
+def make_sampler(study: Study, name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """`tpe`: the study file's own sampler (TPE with constant_liar unless it declares another);
+    `random` and `qmc` (scrambled Sobol): Optuna's i.i.d. samplers, for which expected-best
+    tuning curves hold."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    return study.sampler(seed)
 
 
 def validate(study: Study, cfg: RunConfig) -> dict[str, Space]:
@@ -351,12 +384,15 @@ def tallies(subs: dict[Unit, optuna.Study]) -> dict[Unit, Tally]:
     return out
 
 
-def _space_hash(spaces: dict[str, Space], study: Study, precision: str) -> str:
-    """What a continued study must share: each family's ranges, the split size and the training
-    precision (a study is not continued in another one)."""
+def _space_hash(spaces: dict[str, Space], study: Study, precision: str,
+                samplers: dict[str, str | None] | None = None) -> str:
+    """What a continued study must share: each family's ranges, the split size, the training
+    precision and the samplers families name (a study is not continued in other ones)."""
     spec = [{f: asdict(s) for f, s in spaces.items()}, study.val_size]
     if precision != "fp32":  # float32 studies keep the hash they had before precision existed
         spec.append(precision)
+    if samplers and any(samplers.values()):  # likewise for studies before family samplers
+        spec.append(samplers)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -366,7 +402,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _objective(unit: Unit, space: Space, splits: Callable[[str], data.Split],
-               device: torch.device, cfg: RunConfig, prov: dict, deadline: float | None,
+               device: torch.device, cfg: RunConfig, prov: dict,
+               seconds_left: Callable[[], float] | None,
                progress: Progress, epoch_task,
                interrupt: threading.Event) -> Callable[[optuna.Trial], float]:
     replicate, family = unit
@@ -384,8 +421,8 @@ def _objective(unit: Unit, space: Space, splits: Callable[[str], data.Split],
                 stop = "interrupted"
             elif epoch < last and trial.should_prune():  # never prune a finished run
                 stop = "pruned"
-            elif (deadline is not None and epoch < last
-                  and time.monotonic() + metrics["seconds"] > deadline):
+            elif (seconds_left is not None and epoch < last
+                  and metrics["seconds"] > seconds_left()):
                 stop = "budget"  # the next epoch would not end inside the family's budget
             return bool(stop)
 
@@ -545,12 +582,13 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     """
     device = torch.device(cfg.device)
     spaces = validate(study, cfg)
+    samplers = family_samplers(families_for(study, cfg.device))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # outcomes go to the store and table
     families = list(spaces)
     units = [(r, f) for r in range(cfg.replicates) for f in families]
     quota = math.ceil(cfg.trials / len(families))
     budget = cfg.timeout / len(families) if cfg.timeout else None
-    space_hash = _space_hash(spaces, study, cfg.precision)
+    space_hash = _space_hash(spaces, study, cfg.precision, samplers)
     out = cfg.out
     if not joining and (done := _finished(cfg, units, quota, budget, space_hash)) is not None:
         console.print(f"all {cfg.replicates} replicate(s) of every family have used their "
@@ -589,7 +627,7 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
         # Workers that start together must not draw the same configurations.
         seed = (cfg.seed + r, family, "sampler", len(sub.trials)) + (
             (os.getpid(),) if joining else ())
-        sub.sampler = study.sampler(derive_seed(*seed))
+        sub.sampler = make_sampler(study, samplers[family] or cfg.sampler, derive_seed(*seed))
 
     with (out / "runs.jsonl").open("a") as fh:  # one line per invocation: config + provenance
         fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -647,9 +685,12 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
                     time.sleep(POLL_S)
                     continue
                 r, family = unit
-                deadline = (time.monotonic() + budget - now[unit].seconds) if budget else None
+                # What the unit has left, read from storage at each epoch boundary: other
+                # processes' trials of the same unit spend it too.
+                seconds_left = (lambda u=unit: budget - tallies({u: subs[u]})[u].seconds
+                                ) if budget else None
                 objective = _objective(unit, spaces[family], splits[r], device, cfg,
-                                       {**prov, "split_hash": hashes[r]}, deadline, progress,
+                                       {**prov, "split_hash": hashes[r]}, seconds_left, progress,
                                        epoch_task, interrupt)
                 ended.clear()
                 try:
@@ -683,9 +724,23 @@ def run(study: Study, cfg: RunConfig, console: Console, joining: bool = False,
     console.print(summary_table(trials))
     if line := comparison(trials):
         console.print(line, markup=False)
+    print_curves(trials, cfg, console)
     if interrupt.is_set():
         raise KeyboardInterrupt
     return out
+
+
+def print_curves(trials: pd.DataFrame, cfg: RunConfig, console: Console) -> None:
+    """The tuning curves read off at a quarter, half and the full budget, and from which budget
+    the families' order holds: seconds for a timed study, trials otherwise."""
+    by = "seconds" if cfg.timeout else "trials"
+    table = curves.checkpoints(trials, by)
+    if table.empty:
+        return
+    console.print(rich_table(table, "Tuning curves: best validation error so far, median over "
+                                    f"{cfg.replicates} replicate(s), per family"))
+    if text := curves.describe(curves.holding(trials, by)):
+        console.print(text, markup=False)
 
 
 def _spawn(cfg: RunConfig) -> list[subprocess.Popen]:
