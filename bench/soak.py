@@ -73,13 +73,23 @@ class Check:
     ok: bool
 
 
-Trials = dict[str, list[FrozenTrial]]  # family -> its trials, from the storage
+Trials = dict[str, list[FrozenTrial]]  # unit `r<replicate>.<family>` -> its trials
+REPLICATES = 2  # the soak's study runs two replicates, so kills land across them too
 
 
 def read_trials(db: optuna.storages.BaseStorage) -> Trials:
-    """Every trial of the storage by family (the sub-study name's last part)."""
-    return {s.study_name.rsplit(".", 1)[-1]: db.get_all_trials(s._study_id, deepcopy=False)
+    """Every trial of the storage by unit, `r<replicate>.<family>` (the sub-study name after the
+    study's own)."""
+    return {s.study_name.split(".", 1)[1]: db.get_all_trials(s._study_id, deepcopy=False)
             for s in db.get_all_studies()}
+
+
+def units_of(parquet: pd.DataFrame) -> pd.DataFrame:
+    """trials.parquet with `family` as the storage's unit name, `r<replicate>.<family>`."""
+    if "replicate" not in parquet or parquet.empty:
+        return parquet
+    return parquet.assign(family="r" + parquet["replicate"].astype(str) + "."
+                          + parquet["family"].astype(str))
 
 
 def completed_values(trials: Trials) -> dict[tuple[str, int], float]:
@@ -126,7 +136,9 @@ def check(trials: Trials, parquet: pd.DataFrame, seen: dict[tuple[str, int], flo
     view = _store_view(trials)
     same_store = store_dupes == 0 and view.equals(_canonical(parquet))
     counted = sum(outcomes.counts(t) for _, t in everything)
-    shares = len(trials) * math.ceil(trials_asked / max(len(trials), 1))
+    # TRIALS is per replicate and split between the families: each unit's quota
+    families = max(len({u.rsplit(".", 1)[-1] for u in trials}), 1)
+    shares = len(trials) * math.ceil(trials_asked / families)
     bound = shares + workers - 1 + sum(retries.values())
     least = min((sum(map(outcomes.counts, ts)) for ts in trials.values()), default=0)
     running = sum(t.state == TrialState.RUNNING for _, t in everything)
@@ -203,6 +215,7 @@ class Chaos:
                f"RESULTS_DIR={self.out}"]
         if role == "study":
             cmd += ["DEVICE=cpu", f"TRIALS={trials}", "TIMEOUT=0", f"WORKERS={workers}",
+                    f"REPLICATES={REPLICATES}",
                     f"SEED={self.cfg.seed}"]
         if self.cfg.storage:
             cmd.append(f"STORAGE={self.cfg.storage}")
@@ -300,13 +313,14 @@ def run(cfg: Config, console: Console) -> Path:
             chaos.stop_all()  # on any error too: nothing this soak started is left running
         seen = {**completed_values(read_trials(db)), **seen}
         trials = read_trials(db)
-        asked = len(trials) * max([1, *(sum(map(outcomes.counts, ts)) for ts in trials.values())])
+        families = len({u.rsplit(".", 1)[-1] for u in trials})
+        asked = families * max([1, *(sum(map(outcomes.counts, ts)) for ts in trials.values())])
         console.print(f"chaos over: {len(chaos.kills)} kills in {minutes:.1f} min; finishing "
                       f"with TRIALS={asked} WORKERS={cfg.workers}")
         status = _finish(chaos.command("study", trials=asked, workers=cfg.workers), log)
     trials = read_trials(db)
     found = folder / "trials.parquet"
-    parquet = pd.read_parquet(found) if found.is_file() else pd.DataFrame(
+    parquet = units_of(pd.read_parquet(found)) if found.is_file() else pd.DataFrame(
         columns=["family", "number", "state", "value", "stop_reason"])
     checks = [Check("finish run's exit status", str(status), status == 0),
               Check("processes that ended without being killed", str(len(chaos.own_exits)),
