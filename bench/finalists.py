@@ -102,6 +102,11 @@ def finalize(definition: study.Study, out: Path, device: torch.device, k: int, s
         print_verdict(store.read_verdicts(out, finalists), console)
         return finalists
     trials = store.with_replicate(store.read(out, "trials"))
+    if running := int((trials["state"] == "RUNNING").sum()):
+        raise ValueError(f"{out}/trials.parquet has {running} trial(s) RUNNING: the study is "
+                         "still running (or was killed; rerunning `make study` with the same "
+                         "settings finishes it); finalize once it has ended; the test split was "
+                         "not read")
     chosen = select(trials, k)
     if missing := missing_finalists(trials, chosen):
         raise ValueError(f"no completed trial for {', '.join(missing)} in {out}/trials.parquet: "

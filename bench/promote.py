@@ -34,6 +34,9 @@ def promote(name: str, results_dir: Path, directory: Path | None = None) -> Entr
         raise ValueError(f"{path} lacks columns {missing}")
     if df.empty:
         raise ValueError(f"{path} holds no finalists")
+    if not (df["val_acc"].notna() & df["test_acc"].notna()).any():
+        raise ValueError(f"{path}: every finalist diverged (no validation or test accuracy); "
+                         "nothing to promote")
     means = df.groupby(["family", "rank"], as_index=False)["val_acc"].mean()
     best = means.sort_values(["val_acc", "rank", "family"], ascending=[False, True, True]).iloc[0]
     runs = df[(df["family"] == best["family"]) & (df["rank"] == best["rank"])]

@@ -155,7 +155,7 @@ def history_figure(trials: pd.DataFrame) -> go.Figure:
                             hovertext=f"{family} replicate {replicate}")
         first = False
     fig.update_xaxes(title_text="trial number", row=1, col=1, **integer_axis(trials["number"]))
-    fig.update_xaxes(title_text="the family's training seconds in its replicate", row=1, col=2)
+    fig.update_xaxes(title_text="seconds", row=1, col=2)
     fig.update_yaxes(**log_axis(y for t in fig.data for y in t.y))
     fig.update_yaxes(title_text=ERROR_AXIS, row=1, col=1)
     return _legend(fig.update_layout(
@@ -246,13 +246,15 @@ def _dimension(label: str, values: pd.Series) -> dict:
                 "ticktext": axis["ticktext"]}
     if (vals == vals.round()).all():
         ticks = sorted(vals.unique())
-        if len(ticks) > 5:  # more than that crowd each other: round numbers instead
-            step = integer_axis(vals)["dtick"]
-            ticks = list(np.arange(math.ceil(vals.min() / step) * step, vals.max() + 1, step))
-        pad = max(0.3, 0.04 * (vals.max() - vals.min()))
+        span = ticks[-1] - ticks[0]
+        if len(ticks) > 5 or min(np.diff(ticks)) < 0.08 * span:  # crowded: round numbers,
+            step = integer_axis(vals)["dtick"]  # from one at or below the lowest value to
+            ticks = list(np.arange(math.floor(vals.min() / step) * step,  # one at or above
+                                   math.ceil(vals.max() / step) * step + step / 2, step))
+        pad = max(0.3, 0.04 * (ticks[-1] - ticks[0]))
         return {"label": label.replace("_", " "), "values": vals, "tickvals": ticks,
                 "ticktext": [f"{t:,.0f}" for t in ticks],
-                "range": [vals.min() - pad, vals.max() + pad]}
+                "range": [ticks[0] - pad, ticks[-1] + pad]}
     return {"label": label.replace("_", " "), "values": vals, "tickformat": ".3~g"}
 
 
@@ -274,7 +276,7 @@ def parallel_figure(trials: pd.DataFrame, family: str) -> go.Figure:
     err = error(df["value"])
     axis = log_axis(err)
     log_err = np.log10(err)
-    dims.append({"label": "val error (%, log)", "values": log_err, "range": axis["range"],
+    dims.append({"label": "val error", "values": log_err, "range": axis["range"],
                  "tickvals": [math.log10(t) for t in axis["tickvals"]],
                  "ticktext": axis["ticktext"]})
     low, mid = float(log_err.min()), float(np.median(log_err))
@@ -288,9 +290,10 @@ def parallel_figure(trials: pd.DataFrame, family: str) -> go.Figure:
                          "tickvals": [low, *inner, mid],
                          "ticktext": [f"{10**low:.2g}% best", *(percent(10**t) for t in inner),
                                       f"{10**mid:.2g}% median"]}}
-    return go.Figure(go.Parcoords(line=line, dimensions=dims)).update_layout(
+    return go.Figure(go.Parcoords(line=line, dimensions=dims, labelangle=-20)).update_layout(
         title=f"{family}: completed trials across the search space (validation error; colours "
-              "from the best trial, darkest, to the median one)")
+              "from the best trial, darkest, to the median one)",
+        margin={"t": 140})  # room for the slanted labels, which would overlap level
 
 
 def pareto_front(cost: pd.Series, acc: pd.Series) -> pd.Series:
@@ -391,6 +394,11 @@ def scientific_figure(trials: pd.DataFrame, finalists: pd.DataFrame | None, titl
     fig.update_xaxes(title_text=title, type="log" if log_x else None,
                      tickvals=xs if numeric else None)
     fig.update_yaxes(title_text="error (%, log scale)", **log_axis(ends))
+    if not numeric:  # validation and test side by side at each family, not one over the other
+        fig.update_traces(offsetgroup=None)
+        for i, trace in enumerate(fig.data):
+            trace.offsetgroup = str(i)
+        fig.update_layout(scattermode="group", scattergap=0.6)
     return fig.update_layout(title=f"The answer: error by {title} (lower is better)",
                              legend={"orientation": "h", "yanchor": "top", "y": -0.2})
 
@@ -657,33 +665,22 @@ def _when(stamp: str) -> str:
 
 
 def access_table(access: list[dict]) -> pd.DataFrame:
-    """The test-access log for people: consecutive reads for the same purpose (code, reason,
-    configuration, process) in one row with how many there were, their seeds as plain digits
-    and the configuration in words once; test_access.jsonl keeps every record as written."""
-    rows: list[dict] = []
+    """The test-access log for people, one row per read as logged: seeds and process ids as
+    plain digits (identifiers, not quantities), the configuration in words and only where it
+    differs from the row above (a finalist's seeds share one). test_access.jsonl keeps every
+    record as written."""
+    rows, previous = [], None
     for rec in access:
-        config = readable(rec.get("config")) if rec.get("config") else ""
+        config = readable(rec["config"]) if rec.get("config") else "–"
         why = re.sub(r"\['(.*?)'\]", lambda m: m[1].replace("', '", ", "),
                      str(rec.get("why", "")))
-        key = (rec.get("code"), why, config, rec.get("pid"))
-        seed = "" if rec.get("seed") is None else str(rec["seed"])
-        if rows and rows[-1]["key"] == key:
-            rows[-1]["last"] = rec.get("when")
-            rows[-1]["seeds"].append(seed)
-            continue
-        rows.append({"key": key, "first": rec.get("when"), "last": rec.get("when"),
-                     "seeds": [seed]})
-    out = []
-    for r in rows:
-        code, why, config, pid = r["key"]
-        first, last = _when(r["first"]), _when(r["last"])
-        when = first if first == last else (
-            f"{first} – {last[11:]}" if first[:10] == last[:10] else f"{first} – {last}")
-        out.append({"when": when, "reads": str(len(r["seeds"])), "code": code, "why": why,
-                    "seeds": ", ".join(s for s in r["seeds"] if s) or "–",
-                    "configuration": config or "–", "pid": "–" if pid is None else str(pid)})
-    return pd.DataFrame(out, columns=["when", "reads", "code", "why", "seeds", "configuration",
-                                      "pid"])
+        rows.append({"when": _when(rec.get("when", "")), "code": rec.get("code"), "why": why,
+                     "seed": "–" if rec.get("seed") is None else str(rec["seed"]),
+                     "configuration": "as above" if config == previous and config != "–"
+                     else config,
+                     "pid": "–" if rec.get("pid") is None else str(rec["pid"])})
+        previous = config
+    return pd.DataFrame(rows, columns=["when", "code", "why", "seed", "configuration", "pid"])
 
 
 STYLE = """

@@ -261,7 +261,8 @@ def family_spaces(families: dict[str, dict[str, Any]], space: Space,
         raise SpaceError(f"a study compares at least two families; got {families!r}")
     space.validate()
     samplers = family_samplers(families)
-    spaces = {f: narrow(space, f, {k: v for k, v in fields.items() if k != "sampler"})
+    spaces = {f: narrow(space, f, {k: v for k, v in fields.items() if k != "sampler"}
+                        if isinstance(fields, dict) else fields)
               for f, fields in families.items()}
     seen: dict[str, str] = {}
     for family, narrowed in spaces.items():

@@ -41,7 +41,7 @@ def config_table(settings: dict[str, Any], space: Space, device_name: str) -> Ta
     """The resolved settings (storage password already masked); plain text, never markup."""
     table = Table(title=Text(f"study {settings['name']}"), show_header=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # a long path folds onto the next line, never cut
     for key, value in {**settings, "device name": device_name}.items():
         table.add_row(key, Text(plain(value)))
     for key, value in vars(space).items():
@@ -129,6 +129,7 @@ DROP_FIRST = ("P 95% interval", "p unadjusted", "val loss", "trial s", "epochs",
               "trials", "seed pairs", "replicates", "P(ref > family)", "s per replicate",
               "optimizer, lr, bs", "p McNemar", "outcomes", "won")
 NUMBERS = re.compile(r"[\d.,%+\-−–<\[\] ]*\d[\d.,%+\-−–<\[\] ]*")  # 1.2%, [-1, +2], 1–2%
+NOTE_INLINE = 16  # a longer note goes below the table, marked [1], [2], ... in its cell
 NO_WRAP = ("verdict",)  # "not separable" on one line: "not" alone reads as a verdict
 INTERVAL = re.compile(r"(.*)\blow\b(.*)")  # "95% low pp" + "95% high pp" -> "95% interval pp"
 
@@ -149,9 +150,10 @@ class FittedTable:
     numbers (`whole`, right-aligned by default) keep each cell on one line as long as leaving out
     the low-value columns named in `drop`, in order, makes room for that; when even wrapped cells
     do not fit, the rightmost columns go too (never the first, nor one added with `keep=True`).
-    The caption names what was left out; columns whose every cell is empty go silently. The same
-    add_column / add_row / add_section calls as rich's Table: the width is known only when the
-    table is printed.
+    The caption names what was left out; columns whose every cell is empty go silently. A word
+    wider than the whole table (a path) folds onto the next line rather than losing its end.
+    The same add_column / add_row / add_section calls as rich's Table: the width is known only
+    when the table is printed.
     """
 
     def __init__(self, title: str | None = None, caption: str | None = None,
@@ -225,10 +227,10 @@ class FittedTable:
         if left_out:
             caption += (("\n" if caption else "") + f"left out at {width} columns: "
                         + ", ".join(left_out) + " (a wider terminal shows them)")
-        table = Table(title=self.title, caption=caption or None)
+        table = Table(title=self.title, caption=caption or None, caption_justify="left")
         for n, i in enumerate(shown):
             col = self.columns[i]
-            table.add_column(Text(col["header"]), justify=col["justify"],
+            table.add_column(Text(col["header"]), justify=col["justify"], overflow="fold",
                              no_wrap=col["no_wrap"], width=widths[n] if widths else None)
         for row in self.rows:
             if row is None:
@@ -268,9 +270,16 @@ def rich_table(df: pd.DataFrame, title: str, caption: str | None = None,
     numeric = {str(c) for c in df.columns if pd.api.types.is_numeric_dtype(df[c])
                and not pd.api.types.is_bool_dtype(df[c])}
     shown = intervals(human(df))
+    if "note" in shown and shown["note"].str.len().max() > NOTE_INLINE:  # long notes below
+        marks = {n: f"[{i}]" for i, n in enumerate(
+            dict.fromkeys(n for n in shown["note"] if n.strip()), start=1)}
+        shown["note"] = shown["note"].map(lambda n: marks.get(n, n))
+        caption = "\n".join([*([caption] if caption else []),
+                             *(f"{m} {n}" for n, m in marks.items())])
     table = FittedTable(title, caption, drop)
     for col in map(str, shown.columns):  # intervals and ranges are numbers too
-        number = col in numeric or all(NUMBERS.fullmatch(v) for v in shown[col])
+        cells = [v for v in shown[col] if v != "–"]
+        number = col in numeric or bool(cells) and all(NUMBERS.fullmatch(v) for v in cells)
         table.add_column(col, justify="right" if number else "left",
                          no_wrap=col in NO_WRAP)
     for row in shown.itertuples(index=False):

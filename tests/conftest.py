@@ -107,12 +107,70 @@ STUDY = Study(
 """
 
 
+# Opt-in hooks for the processes a test starts (tiny_cli's sitecustomize runs this in every one,
+# study command and workers alike), each switched on by an environment variable:
+# - BENCH_TEST_LOG=<file>: a line `start <pid>` when the process starts, and `open <pid> <path>`
+#   for every file of the MNIST test split it opens (an audit hook sees every open).
+# - BENCH_TEST_BARRIER=<folder>:<n>: each process's first trial waits (up to 2 minutes) until n
+#   processes have started one, so every one of them runs a trial, however slowly they start.
+# - BENCH_TEST_KILL=<marker>:<k>: the process SIGKILLs itself right after the first epoch of its
+#   k-th trial is reported (the trial is then RUNNING with one epoch in storage), writing its pid
+#   to <marker> first; never where <marker> exists, so a rerun is not killed again.
+CLI_HOOKS = """
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import train
+
+_log = os.environ.get("BENCH_TEST_LOG")
+if _log:
+    def _write(line, _log=_log):
+        with open(_log, "a") as fh:
+            fh.write(line + "\\n")
+
+    def _audit(event, args, _write=_write):
+        if event == "open" and args and "t10k" in str(args[0]):
+            _write(f"open {os.getpid()} {args[0]}")
+
+    _write(f"start {os.getpid()}")
+    sys.addaudithook(_audit)
+
+_barrier, _kill = os.environ.get("BENCH_TEST_BARRIER"), os.environ.get("BENCH_TEST_KILL")
+if _barrier or _kill:
+    _real_fit, _trials = train.fit, []
+
+    def _fit(model, opt, sched, split, batch_size, epochs, seed, on_epoch=None, *args, **kwargs):
+        _trials.append(os.getpid())
+        if _barrier and len(_trials) == 1:
+            folder, n = _barrier.rsplit(":", 1)
+            Path(folder, str(os.getpid())).touch()
+            deadline = time.monotonic() + 120
+            while len(os.listdir(folder)) < int(n) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if _kill and len(_trials) == int(_kill.rsplit(":", 1)[1]):
+            marker, inner = Path(_kill.rsplit(":", 1)[0]), on_epoch
+            if not marker.exists():
+                def on_epoch(epoch, metrics):
+                    inner(epoch, metrics)  # the epoch is reported to storage first
+                    marker.write_text(str(os.getpid()))
+                    os.kill(os.getpid(), 9)
+        return _real_fit(model, opt, sched, split, batch_size, epochs, seed, on_epoch, *args,
+                         **kwargs)
+
+    train.fit = _fit
+"""
+
+
 @dataclass(frozen=True)
 class TinyCli:
-    """`python -m bench` in real subprocesses, on tiny synthetic MNIST and a study named `tiny`."""
+    """`python -m bench` in real subprocesses, on tiny synthetic MNIST and a study named `tiny`
+    (`site`: the folder on their PYTHONPATH, with the data, the study and sitecustomize.py)."""
 
     env: dict[str, str]
     results: Path
+    site: Path
 
     def cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "bench", *args, f"RESULTS_DIR={self.results}"]
@@ -122,7 +180,8 @@ class TinyCli:
 def tiny_cli(tmp_path) -> TinyCli:
     """A sitecustomize.py on PYTHONPATH points every Python process the test starts, workers
     included, at the tiny files' checksums, at a studies folder holding only `tiny` (3 epochs a
-    trial), and at a 1 s heartbeat with an 8 s grace period, so crash tests take seconds."""
+    trial), and at a 1 s heartbeat with an 8 s grace period, so crash tests take seconds; it
+    installs the CLI_HOOKS a test switches on in `env`."""
     site = tmp_path / "site"
     md5 = write_mnist(site / "mnist", n_train=1000)
     (site / "studies").mkdir()
@@ -132,10 +191,13 @@ def tiny_cli(tmp_path) -> TinyCli:
         "from bench import cli, data, storage\n"
         f"data.MNIST_MD5 = {md5!r}\n"
         f"cli.STUDIES_DIR = Path({str(site / 'studies')!r})\n"
-        "storage.HEARTBEAT_S, storage.GRACE_S = 1, 8\n")  # 8: a loaded CI box stays alive
+        "storage.HEARTBEAT_S, storage.GRACE_S = 1, 8\n"  # 8: a loaded CI box stays alive
+        + CLI_HOOKS)
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}",
            "MNIST_DIR": str(site / "mnist"), "OMP_NUM_THREADS": "1"}
-    return TinyCli(env, tmp_path / "results")
+    for key in ("BENCH_TEST_LOG", "BENCH_TEST_BARRIER", "BENCH_TEST_KILL"):
+        env.pop(key, None)  # only where the test asks
+    return TinyCli(env, tmp_path / "results", site)
 
 
 @pytest.fixture

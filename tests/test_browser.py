@@ -3,7 +3,9 @@
 Uses Debian's chromium and chromium-driver (`.ci/run` installs them); nothing downloads a browser.
 """
 
+import math
 import os
+import re
 import shutil
 
 import optuna
@@ -68,6 +70,89 @@ def _check_every_plot_drawn(browser, page, expected: int) -> None:
         assert plot.find_elements(By.CSS_SELECTOR, marks), plot.get_attribute("innerHTML")[:300]
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
+    _check_ticks_and_legends(browser)
+
+
+# Each plot's axes as drawn: plotly's full layout and the tick labels in the SVG.
+AXES_JS = """
+return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => {
+  const lay = gd._fullLayout;
+  const axes = Object.keys(lay).filter(k => /^[xy]axis\\d*$/.test(k)).map(k => ({
+    name: k, type: lay[k].type, title: lay[k].title && lay[k].title.text,
+    ticks: Array.from(gd.querySelectorAll('g.' + k.replace('axis', '') + 'tick > text'))
+      .map(t => t.textContent)}));
+  const bar = gd.querySelector('.legend .scrollbar');
+  return {title: lay.title && lay.title.text, axes: axes,
+          scrollbar: bar ? Number(bar.getAttribute('height')) : 0,
+          parcoords: Array.from(gd.querySelectorAll('.parcoords .y-axis')).map(a => ({
+            ticks: Array.from(a.querySelectorAll('.tick text')).map(t => t.textContent)}))};
+});
+"""
+NUMBER = re.compile(r"([\d.]+(?:e-?\d+)?)(k|M)?( s|%)?")
+
+
+def _major(text: str) -> bool:
+    """A log axis's label: 1, 2 or 5 times a power of ten, in the axis's unit."""
+    m = NUMBER.fullmatch(text)
+    if not m:
+        return False
+    v = float(m[1]) * {"k": 1e3, "M": 1e6, None: 1}[m[2]]
+    return round(v / 10 ** math.floor(math.log10(v) + 1e-9), 6) in (1, 2, 5)
+
+
+def _check_ticks_and_legends(browser) -> list[dict]:
+    """Read from the DOM, as a reader sees them: log axes label major ticks only (an axis of
+    the study's own batch sizes labels those), trial numbers and epochs whole numbers, the
+    confusion matrix all ten digits; no legend scrolls."""
+    plots = browser.execute_script(AXES_JS)
+    for plot in plots:
+        assert plot["scrollbar"] == 0, plot["title"]  # the legend fits its figure
+        for axis in plot["axes"]:
+            if axis["type"] == "log" and "log scale" in (axis["title"] or ""):  # not a
+                assert all(_major(t) for t in axis["ticks"]), (plot["title"], axis)  # bs axis
+                assert len(axis["ticks"]) >= 2, (plot["title"], axis)
+            if axis["title"] in ("trial number", "epoch"):
+                assert axis["ticks"] and all(t.isdigit() for t in axis["ticks"]), axis
+            if axis["title"] in ("predicted", "true"):
+                assert axis["ticks"] == [str(d) for d in range(10)], axis
+            if axis["title"] and "error" in axis["title"]:
+                assert all(t.endswith("%") for t in axis["ticks"]), axis
+        if plot["parcoords"]:  # the last axis: validation error, log, in percent
+            assert plot["parcoords"][-1]["ticks"], plot["title"]
+            assert all(t.endswith("%") and _major(t) for t in plot["parcoords"][-1]["ticks"])
+    return plots
+
+
+def test_the_glance_figure_as_a_reader_sees_it(browser, tmp_path):
+    """A screenshot of the answer at a glance: validation circles and test diamonds both drawn
+    (in their colours), y labels in percent at major ticks only, families on the x axis."""
+    image = pytest.importorskip("PIL.Image")
+    trials = _trials()
+    trials["recipe"] = None
+    trials.to_parquet(tmp_path / "trials.parquet")
+    _epochs(trials).to_parquet(tmp_path / "epochs.parquet")
+    finalists, predictions = _finalists()
+    finalists.to_parquet(tmp_path / "finalists.parquet")
+    predictions.to_parquet(tmp_path / "test_predictions.parquet")
+    page = report.build(tmp_path, "glance")
+    _check_every_plot_drawn(browser, page, 5)
+    glance = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")[0]
+    browser.execute_script("arguments[0].scrollIntoView();", glance)
+    shot = tmp_path / "glance.png"
+    shot.write_bytes(glance.screenshot_as_png)
+    pixels = image.open(shot).convert("RGB")
+    assert pixels.width > 500 and pixels.height > 300
+    colours = {c for _, c in pixels.getcolors(pixels.width * pixels.height)}
+
+    def near(rgb: str) -> bool:
+        want = tuple(int(rgb[i:i + 2], 16) for i in (1, 3, 5))
+        return any(sum(abs(a - b) for a, b in zip(c, want, strict=True)) < 30 for c in colours)
+
+    assert near(report.PALETTE[0]) and near(report.PALETTE[1])  # validation and test marks
+    axes = {a["name"]: a for a in browser.execute_script(AXES_JS)[0]["axes"]}
+    assert axes["xaxis"]["ticks"] == ["mlp", "cnn"]
+    assert axes["yaxis"]["ticks"] and all(_major(t) and t.endswith("%")
+                                          for t in axes["yaxis"]["ticks"])
 
 
 BATCH_SIZES = {str(b): {"batch_size": (b,)} for b in (16, 32, 64, 128, 256)}

@@ -34,7 +34,7 @@ def bench(*args, cwd=ROOT):
     (["study"], f"error: no study named; give NAME=..., one of: {STUDIES}"),
     (["study", "mlp_vs_cnn", "TRIAL=5"],
      "error: unknown setting 'TRIAL'; valid: NAME, TRIALS, TIMEOUT, DEVICE, SEED, SMOKE, "
-     "RESULTS_DIR, WORKERS, STORAGE, PRECISION, FAST"),
+     "RESULTS_DIR, WORKERS, STORAGE, PRECISION, FAST, REPLICATES, SAMPLER"),
     (["study", "mlp_vs_cnn", "PRECISION=fp16"],
      "error: PRECISION='fp16' is not valid: expected auto or fp32 or bf16"),
     (["study", "mlp_vs_cnn", "FAST=2"], "error: FAST='2' is not valid: expected 0 or 1"),

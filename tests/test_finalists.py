@@ -4,10 +4,12 @@ import io
 import json
 
 import pandas as pd
+import pytest
+import torch
 from rich.console import Console
-from test_study import STUDY, _run
+from test_study import STUDY, _run, test_file_opens  # noqa: F401 - the fixture
 
-from bench import data, finalists, report, train
+from bench import data, finalists, promote, report, stats, store, train
 
 QUIET = Console(quiet=True)
 
@@ -115,4 +117,62 @@ def test_finalize_says_when_a_family_has_fewer_trials_than_k_and_prints_the_verd
         assert (result["family"] == family).sum() == n
         assert f"{family} replicate 0: only {n} completed trial" in text
         assert "instead of K=3" in text
-    assert "Test verdict" in text and "(best on validation)" in text
+    # one replicate: the family table is printed, and the answer says it is no family verdict
+    assert "Family verdict" in text and "one replicate" in text
+
+
+def test_finalize_refuses_a_split_that_is_not_the_studys_before_reading_test(
+        tiny_mnist, tmp_path, test_file_opens):  # noqa: F811 - the fixture
+    _, _, out = _run(tmp_path, trials=2)
+    hashes = set(store.read(out, "trials")["split_hash"])
+    runs = (out / "runs.jsonl").read_text().splitlines()
+    record = json.loads(runs[-1])
+    record["config"]["seed"] = 5  # the folder says another seed than its trials were split by
+    (out / "runs.jsonl").write_text("\n".join([*runs[:-1], json.dumps(record)]) + "\n")
+    with pytest.raises(ValueError, match=r"^the split of replicate 0 rebuilt from .*/runs.jsonl "
+                                         r"\(hash [0-9a-f]{16}\) is not the study's "
+                                         rf"\['{hashes.pop()}'\]; the study folder is "
+                                         "inconsistent; the test split was not read$"):
+        finalists.finalize(STUDY, out, train.resolve_device("cpu"), k=1, seeds=1,
+                           refresh=False, console=QUIET)
+    assert test_file_opens == []
+    assert not (out / "test_access.jsonl").exists() and not (out / "finalists.parquet").exists()
+
+
+def test_a_finalist_that_diverges_keeps_its_rows_unscored_and_is_never_promoted(
+        tiny_mnist, tmp_path, monkeypatch):
+    _, _, out = _run(tmp_path, trials=4)
+    real_fit = train.fit
+
+    def fit(model, *args, **kwargs):  # every CNN finalist's loss goes non-finite
+        if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+            raise train.NonFiniteLoss("mean train loss nan")
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit)
+    console = Console(record=True, width=200, file=io.StringIO())
+    result = finalists.finalize(STUDY, out, train.resolve_device("cpu"), k=1, seeds=2,
+                                refresh=False, console=console)
+    cnn, mlp = result[result["family"] == "cnn"], result[result["family"] == "mlp"]
+    assert len(cnn) == len(mlp) == 2
+    assert cnn[["val_acc", "test_acc", "test_loss", "train_seconds"]].isna().all().all()
+    assert (cnn["epochs"] == 0).all() and mlp["test_acc"].notna().all()
+    preds = pd.read_parquet(out / "test_predictions.parquet")
+    assert set(preds["family"]) == {"mlp"} and len(preds) == 2 * 200
+    log = [json.loads(line) for line in (out / "test_access.jsonl").read_text().splitlines()]
+    assert [e["seed"] for e in log[1:]] == list(mlp["seed"])  # only scored runs are logged
+    text = console.export_text()
+    assert text.count("diverged") >= 2
+    verdicts = store.read(out, "verdicts")
+    family = verdicts[verdicts["level"] == "family"].iloc[0]
+    assert (family["reference"], family["family"], family["verdict"]) == (
+        "mlp", "cnn", stats.Verdict.NOT_SEPARABLE.value)
+    assert "cnn diverged in replicate 0" in family["note"]
+    replicate = verdicts[verdicts["level"] == "replicate"].iloc[0]
+    assert replicate["note"] == "cnn diverged on every seed in replicate 0"
+    summary = report.finalist_summary(result).set_index("family")
+    assert (summary.loc["cnn", "seeds"], summary.loc["cnn", "diverged"]) == (0, 2)
+    assert pd.isna(summary.loc["cnn", "test acc mean"]) and summary.loc["mlp", "seeds"] == 2
+    assert "Finalists on the held-out test set" in report.build(out, "t").read_text()
+    entry = promote.promote("t", tmp_path / "results", tmp_path / "entries")
+    assert entry.id == "t-mlp" and entry.claim == round(mlp["test_acc"].mean(), 6)

@@ -37,13 +37,16 @@ def test_cores_are_the_ones_this_process_may_use(monkeypatch):
 
 
 def test_an_explicit_omp_num_threads_wins(monkeypatch):
-    before = torch.get_num_threads()
+    # 16 cores: the default would be 15 threads, so keeping 2 can only be OMP_NUM_THREADS's doing
+    # (on a 3-core machine the default is 2 as well, and the old form of this test always passed)
+    monkeypatch.setattr(host, "cores", lambda: 16)
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: asked[-1] if asked else 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    try:
-        torch.set_num_threads(2)
-        assert host.tune()["threads"] == 2
-    finally:
-        torch.set_num_threads(before)
+    assert host.tune()["threads"] == 2 and asked == []
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert host.tune()["threads"] == 15 and asked == [15]
 
 
 def test_every_command_that_trains_applies_the_host_settings(tiny_mnist, tmp_path, monkeypatch,

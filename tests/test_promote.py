@@ -62,7 +62,13 @@ def test_promotes_the_best_mean_validation_finalist_never_by_test(tmp_path):
     loaded = leaderboard.all_entries(entries)
     assert list(loaded)[-1] == "mlp_vs_cnn-cnn"
     assert loaded["mlp_vs_cnn-cnn"].digest == entry.digest
-    assert leaderboard.verdict(entry.claim, 0.0, loaded["mlp_vs_cnn-cnn"].claim) == "reproduced"
+    # a 3-seed rerun is judged by the leaderboard's one rule: within ±4.97·std (3 seeds) of the
+    # claim, which the committed file holds as the finalists' mean test accuracy, in accuracy
+    claim, unit = loaded["mlp_vs_cnn-cnn"].claim, loaded["mlp_vs_cnn-cnn"].claim_unit
+    assert (claim, unit) == (round((0.985 + 0.986 + 0.984) / 3, 6), "accuracy")
+    assert leaderboard.verdict(claim - 0.0049, 0.001, claim, unit, seeds=3) == "reproduced"
+    assert leaderboard.verdict(claim - 0.0051, 0.001, claim, unit, seeds=3) == "worse than claim"
+    assert leaderboard.verdict(claim + 0.0051, 0.001, claim, unit, seeds=3) == "better than claim"
 
 
 def test_missing_or_malformed_finalists_are_one_clear_error(tmp_path):
@@ -109,3 +115,15 @@ def test_a_diverged_first_seed_does_not_set_the_entry_epochs(tmp_path):
     assert entry.recipe.epochs == MLP.epochs == 3
     assert entry.recipe == MLP
     assert entry.claim == pytest.approx(0.9705)
+
+
+def test_a_study_whose_every_finalist_diverged_promotes_nothing(tmp_path):
+    # finalize writes NaN accuracies for a run whose loss went non-finite; with every run so,
+    # the entry once got the claim NaN, which every rerun "reproduced" (NaN compares false)
+    nan = float("nan")
+    write(tmp_path / "results", finalists([("cnn", 1, 7, CNN, [nan, nan], [nan, nan]),
+                                           ("mlp", 1, 3, MLP, [nan], [nan])]))
+    with pytest.raises(ValueError, match=r"finalists.parquet: every finalist diverged \(no "
+                                         r"validation or test accuracy\); nothing to promote"):
+        promote.promote("mlp_vs_cnn", tmp_path / "results", tmp_path / "entries")
+    assert not (tmp_path / "entries").exists()

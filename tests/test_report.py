@@ -44,7 +44,7 @@ def _epochs(trials: pd.DataFrame) -> pd.DataFrame:
 def test_history_has_points_and_monotone_best_so_far_per_family():
     fig = report.history_figure(_trials())
     assert len(fig.data) == 2 * 3 * 2  # families x (completed, stopped, best) x 2 axes
-    best = [t for t in fig.data if t.name == "cnn best so far"]
+    best = [t for t in fig.data if t.name == "cnn best so far (one line a replicate)"]
     assert [list(t.y) for t in best] == [pytest.approx([4.0, 4.0, 1.0])] * 2  # error, %
     assert all(ax.type == "log" for ax in (fig.layout.yaxis, fig.layout.yaxis2))
     assert list(best[1].x) == [8.0, 11.0, 27.0]  # cumulative family seconds
@@ -61,8 +61,8 @@ def test_curves_mark_where_stopped_trials_were_cut():
     assert len(cut) == 2  # the pruned mlp trial and the budget-cut cnn trial
     cnn_cut = next(t for t in cut if t.hovertext == "cnn #1")
     assert list(cnn_cut.marker.symbol) == ["circle", "x"]
-    top = [t.name for t in fig.data if t.line.color != report.CUT]
-    assert top == ["mlp #2 (rank 1)", "cnn #2 (rank 1)"]
+    top = [t.hovertext for t in fig.data if t.line.color != report.CUT]
+    assert top == ["mlp #2, rank 1", "cnn #2, rank 1"]
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -90,11 +90,11 @@ def test_importance_and_parallel_coordinates():
     assert list(fig.data[0].y) == ["optimizer", "lr"]  # ascending, largest on top
     par = report.parallel_figure(_trials(), "mlp").data[0]
     labels = [d.label for d in par.dimensions]
-    assert labels == ["log10 lr", "val acc"]  # optimizer does not vary; width1 is conditional
+    assert labels == ["lr (log)", "val error"]  # optimizer fixed; width1 conditional
     par = report.parallel_figure(_trials(), "cnn").data[0]
     dims = {d.label: d for d in par.dimensions}
     assert list(dims["optimizer"].ticktext) == ["adam", "sgd"]
-    assert list(dims["val acc"].values) == [0.96, 0.99]
+    assert list(dims["val error"].values) == pytest.approx(np.log10([4.0, 1.0]))
 
 
 def _finalists() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -178,13 +178,12 @@ def _bs_trials():
 def test_scientific_figure_draws_validation_and_test_error_on_a_numeric_axis():
     trials = _bs_trials()
     finalists = pd.DataFrame({"family": ["64", "64", "1024", "1024"], "rank": 1,
-                              "test_acc": [0.97, 0.99, 0.96, 0.96]})
+                              "val_acc": 0.9, "test_acc": [0.97, 0.99, 0.96, 0.96]})
     x = {"64": 64, "256": 256, "1024": 1024}
     fig = report.scientific_figure(trials, finalists, "batch size", x)
     val, test = fig.data
     assert list(val.x) == [64, 256, 1024] and list(val.y) == pytest.approx([2.0, 2.0, 2.0])
     assert list(test.x) == [64, 1024] and list(test.y) == pytest.approx([2.0, 4.0])
-    assert list(test.error_y.array) == pytest.approx([np.std([97, 99], ddof=1), 0.0])
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
     only_val = report.scientific_figure(trials, None, "family", {f: f for f in x})
     assert len(only_val.data) == 1 and list(only_val.data[0].x) == ["64", "256", "1024"]
@@ -204,3 +203,148 @@ def test_importances_are_hidden_below_the_stated_minimum():
     assert "a 12, b 3" in note and f"fewer than {report.MIN_IMPORTANCE_TRIALS}" in note
     assert {t.name for t in fig.data} == {"a"}
     assert len(report.importance_parts(imp, trials[trials["family"] == "b"])) == 1
+
+
+# --- readable figures (issue 22): major ticks, every point inside, integers, categories ---------
+
+def _log_axes(fig):
+    return [ax for name, ax in fig.layout.to_plotly_json().items()
+            if name.startswith(("xaxis", "yaxis")) and ax.get("type") == "log"]
+
+
+def _major(v: float) -> bool:
+    mantissa = v / 10 ** np.floor(np.log10(v) + 1e-9)
+    return any(np.isclose(mantissa, m) for m in (1, 2, 5))
+
+
+@pytest.mark.parametrize("values", [[0.8, 1.3], [7.0, 60.0], [0.01, 100.0], [3.0, 3.0],
+                                    [5.0, 10.0]])
+def test_log_axis_labels_major_ticks_around_every_value(values):
+    axis = report.log_axis(values)
+    assert all(_major(t) for t in axis["tickvals"]) and len(axis["tickvals"]) >= 2
+    assert axis["ticktext"] == [f"{t:g}%" for t in axis["tickvals"]]
+    lo, hi = (10 ** r for r in axis["range"])
+    # a labelled tick at or below the smallest value and at or above the largest, with margin
+    assert axis["tickvals"][0] <= min(values) and axis["tickvals"][-1] >= max(values)
+    assert lo < axis["tickvals"][0] and hi > axis["tickvals"][-1]
+
+
+def test_every_log_axis_holds_its_points_and_labels_only_major_ticks():
+    trials = _trials()
+    figs = [report.history_figure(trials), report.curves_figure(trials, _epochs(trials)),
+            report.cost_figure(trials)]
+    for fig in figs:
+        axes = _log_axes(fig)
+        assert axes
+        for ax in axes:
+            assert all(_major(t) for t in ax["tickvals"]), ax
+        ys = [y for t in fig.data for y in t.y if y is not None]
+        lo, hi = (10 ** r for r in fig.layout.yaxis.range)
+        assert lo < min(ys) and max(ys) < hi
+        assert all(text.endswith("%") for text in fig.layout.yaxis.ticktext)
+
+
+def test_integer_quantities_get_integer_ticks():
+    trials = _trials()
+    history = report.history_figure(trials)
+    assert history.layout.xaxis.dtick == 1 and history.layout.xaxis.tickformat == "d"
+    curves = report.curves_figure(trials, _epochs(trials))
+    assert all(ax.dtick == 1 for ax in (curves.layout.xaxis, curves.layout.xaxis2))
+    assert report.integer_axis(range(0, 200))["dtick"] == 50
+
+
+def test_confusion_matrix_labels_all_ten_digits():
+    _, preds = _finalists()
+    fig = report.confusion_figure(preds, "cnn")
+    assert list(fig.layout.xaxis.tickvals) == list(range(10))
+    assert list(fig.layout.yaxis.tickvals) == list(range(10))
+
+
+def test_parallel_coordinates_show_choices_integers_and_error_on_a_log_scale():
+    trials = _trials()
+    trials["param_batch_size"] = [128, 256, 256, 128, 128, 256]
+    trials["param_epochs"] = [1, 2, 3, 1, 2, 3]
+    trials["param_mlp.dropout"] = [0.1, 0.2, 0.3, 0.1, 0.2, 0.3]
+    dims = {d.label: d for d in report.parallel_figure(trials, "mlp").data[0].dimensions}
+    assert list(dims["batch size"].ticktext) == ["128", "256"]  # a choice: two categories
+    assert list(dims["batch size"].tickvals) == [0, 1]
+    assert list(dims["epochs"].tickvals) == [1, 3]  # mlp's completed trials: #0 and #2
+    err = dims["val error"]
+    assert all(t.endswith("%") for t in err.ticktext)
+    line = report.parallel_figure(_trials(), "cnn").data[0].line
+    # colours span the best trial to the median one, so the good trials differ
+    assert line.cmin == pytest.approx(np.log10(1.0)) and line.cmax == pytest.approx(
+        np.median(np.log10([4.0, 1.0])))
+
+
+def test_the_answer_at_a_glance_draws_each_bar_from_the_worst_to_the_best_replicate():
+    rows = [{"family": f, "replicate": r, "number": 0, "state": "COMPLETE", "value": acc,
+             "wall_seconds": 1.0, "params_count": 1}
+            for f, accs in (("a", (0.90, 0.80, 0.60)), ("b", (0.95, 0.95, 0.95)))
+            for r, acc in enumerate(accs)]
+    fig = report.scientific_figure(pd.DataFrame(rows), None, "family", {"a": "a", "b": "b"})
+    val = fig.data[0]
+    assert list(val.y) == pytest.approx([20.0, 5.0])  # median error over replicates
+    assert list(val.error_y.array) == pytest.approx([20.0, 0.0])  # up to the worst: 40%
+    assert list(val.error_y.arrayminus) == pytest.approx([10.0, 0.0])  # down to the best: 10%
+    lo, hi = (10 ** r for r in fig.layout.yaxis.range)
+    assert lo < 5.0 and hi > 40.0
+
+
+def test_access_log_reads_as_a_table_of_values():
+    config = {"arch": "cnn", "arch_kwargs": {"blocks": 1, "dropout": 0.0105107},
+              "lr": 0.00099525076, "number": 3, "optimizer": "adamw",
+              "optimizer_kwargs": {"beta1": 0.857144}, "batch_size": 256}
+    access = [{"when": "2026-12-07T22:11:55+00:00", "code": "bench.finalists",
+               "why": "load the test split to score finalists ['cnn#0 (replicate 0)', "
+                      "'mlp#1 (replicate 0)']", "seed": None, "config": {"k": 1},
+               "pid": 12345},
+              *({"when": "2026-12-07T22:11:59+00:00", "code": "bench.finalists",
+                 "why": "score finalist cnn replicate 0 rank 1", "seed": seed,
+                 "config": config, "pid": 12345} for seed in (2128370651, 165374797))]
+    df = report.access_table(access)
+    assert list(df["seed"]) == ["–", "2128370651", "165374797"]  # identifiers: no 2,128,...
+    assert list(df["pid"]) == ["12345"] * 3
+    assert df["why"][0] == ("load the test split to score finalists cnn#0 (replicate 0), "
+                            "mlp#1 (replicate 0)")
+    assert df["configuration"][1] == ("arch cnn (blocks 1, dropout 0.0105), lr 0.000995, "
+                                      "trial 3, optimizer adamw (beta1 0.857), batch size 256")
+    assert list(df["configuration"])[::2] == ["k 1", "as above"]
+    assert df["when"][1] == "2026-12-07 22:11:59"
+    html = report._table(df)
+    assert "2,128,370,651" not in html and "12,345" not in html
+
+
+def test_provenance_gives_small_training_times_in_seconds_not_zero():
+    trials = _trials().assign(replicate=0, wall_seconds=0.4)
+    table = report.provenance_table({"config": {"trials": 6, "timeout": None}}, trials)
+    row = dict(zip(table[""], table["value"], strict=True))
+    assert row["training seconds per family and replicate"] == "mlp r0 1.2 s, cnn r0 1.2 s"
+    assert row["budget"] == "1 replicate(s), each 6 trials, split equally between the families"
+    assert "none" not in row["budget"]
+
+
+def test_a_smoke_report_says_so_and_the_answer_lines_say_which_selection(tmp_path):
+    trials = _trials()
+    trials["recipe"] = None
+    trials.to_parquet(tmp_path / "trials.parquet")
+    _epochs(trials).to_parquet(tmp_path / "epochs.parquet")
+    run = {"question": "q", "config": {"trials": 6, "smoke": True}}
+    (tmp_path / "runs.jsonl").write_text(json.dumps(run) + "\n")
+    page = report.build(tmp_path, "s").read_text()
+    assert "<title>mnist-bench · s (smoke run)</title>" in page
+    assert f"<p class='smoke'>{report.SMOKE_LINE}</p>" in page
+    assert "(the best trial on validation):" in page
+
+
+def test_the_report_says_when_the_answer_line_and_the_verdict_name_different_families():
+    trials = _trials()  # cnn has the best trial on validation (0.99)
+    finalists, _ = _finalists()  # retrained, mlp is best on validation: 0.95 against 0.9
+    finalists["val_acc"] = finalists["family"].map({"cnn": 0.9, "mlp": 0.95})
+    note = report.selection_note(trials, finalists)
+    assert note == ("The two lines name different families: cnn has the best trial on "
+                    "validation, but retrained over seeds mlp's finalist is best on validation, "
+                    "so the test verdict compares every family with mlp.")
+    finalists["val_acc"] = finalists["family"].map({"cnn": 0.95, "mlp": 0.9})
+    assert report.selection_note(trials, finalists) == ""
+    assert report.selection_note(trials, None) == ""

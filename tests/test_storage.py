@@ -155,7 +155,7 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_workers_on_postgresql_one_killed_nothing_lost(tiny_cli, postgres):
+def test_two_workers_on_postgresql_one_killed_nothing_lost(tiny_cli, postgres, tmp_path):
     db = optuna.storages.RDBStorage(postgres.replace("postgresql://", "postgresql+psycopg://"))
     early = subprocess.run(tiny_cli.cmd("worker", "tiny", f"STORAGE={postgres}"),
                            env=tiny_cli.env, capture_output=True, text=True, timeout=120)
@@ -163,30 +163,34 @@ def test_two_workers_on_postgresql_one_killed_nothing_lost(tiny_cli, postgres):
     assert early.stderr.strip().startswith(
         "error: no study tiny.r0.mlp in postgresql://bench:***@127.0.0.1:")
     assert optuna.get_all_study_names(db) == [] and not tiny_cli.results.exists()
+    # Each process's first trial waits for the other's (BENCH_TEST_BARRIER): the study cannot
+    # end before the worker has a trial to be killed in.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    env = {**tiny_cli.env, "BENCH_TEST_BARRIER": f"{barrier}:2"}
     first = subprocess.Popen(tiny_cli.cmd("study", "tiny", "DEVICE=cpu", "TRIALS=24",
-                                          "WORKERS=1", f"STORAGE={postgres}"), env=tiny_cli.env,
+                                          "WORKERS=1", f"STORAGE={postgres}"), env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while first.poll() is None and not (  # the study exists and records its settings
             "tiny.r0.mlp" in optuna.get_all_study_names(db)
             and "run" in db.get_study_user_attrs(db.get_study_id_from_name("tiny.r0.mlp"))):
         time.sleep(0.1)
-    second = subprocess.Popen(tiny_cli.cmd("worker", "tiny", f"STORAGE={postgres}"),
-                              env=tiny_cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-    def running_of_second(epochs: int | None = None) -> list[tuple[str, int]]:
-        return [(s.study_name, t.number) for s in db.get_all_studies()
-                for t in db.get_all_trials(s._study_id, deepcopy=False)
-                if t.state == TrialState.RUNNING and t.user_attrs.get("pid") == second.pid
-                and (epochs is None or len(t.intermediate_values) == epochs)]
-
-    while second.poll() is None and not running_of_second(epochs=1):  # 1 of its 3 epochs done
-        time.sleep(0.02)
-    second.kill()
-    _, second_err = second.communicate()
+    # The worker kills itself (BENCH_TEST_KILL) right after reporting the first of its first
+    # trial's 3 epochs: the victim is known, with no polling race against the trial's end.
+    marker = tmp_path / "killed"
+    second = subprocess.run(tiny_cli.cmd("worker", "tiny", f"STORAGE={postgres}"),
+                            env={**env, "BENCH_TEST_KILL": f"{marker}:1"},
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == -9, second.stderr
+    second_err, killed = second.stderr, int(marker.read_text())
     # The victim is what the kill left RUNNING (the other process fails it only after 8 s).
-    victims = running_of_second()
+    victims = [(s.study_name, t.number) for s in db.get_all_studies()
+               for t in db.get_all_trials(s._study_id, deepcopy=False)
+               if t.user_attrs.get("pid") == killed and t.state == TrialState.RUNNING]
     assert len(victims) == 1, second_err
     victim = victims[0]
+    assert list(db.get_trial(db.get_trial_id_from_study_id_trial_number(
+        db.get_study_id_from_name(victim[0]), victim[1])).intermediate_values) == [1]
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     trials = {(s.study_name, t.number): t for s in db.get_all_studies()
@@ -209,7 +213,6 @@ def test_two_workers_on_postgresql_one_killed_nothing_lost(tiny_cli, postgres):
     written = [p.read_bytes() for p in tiny_cli.results.rglob("*") if p.is_file()]
     for text in (early.stderr, out, err, second_err, *written):  # never shown, never stored
         assert PASSWORD not in (text if isinstance(text, str) else text.decode("latin-1"))
-
 
 
 def test_a_fail_without_a_reason_counts_as_killed():

@@ -6,8 +6,9 @@ import re
 
 import optuna
 import pytest
+import torch
 
-from bench import cli, study
+from bench import cli, study, train
 from bench.space import Space, SpaceError, canonical, narrow
 from bench.study import Study
 
@@ -187,3 +188,58 @@ def test_plain_numbers_in_a_study_file_load_as_documented(study_file):
         (1e-3, 1e-3), (3, 3), (0.0, 0.0))
     assert loaded.trials == {"cpu": 500, "cuda": 500}
     assert loaded.timeout == {"cpu": 120, "cuda": 120}
+
+
+# --- every shipped study, both devices: resolved, validated, one trial sampled per family -------
+
+SHIPPED = sorted(p.stem for p in cli.STUDIES_DIR.glob("*.py") if not p.stem.startswith("_"))
+SAMPLED = {  # what a Space field becomes in a sampled trial
+    "archs": lambda recipe, norm: recipe.arch,
+    "optimizers": lambda recipe, norm: recipe.optimizer,
+    "schedules": lambda recipe, norm: recipe.schedule,
+    "batch_size": lambda recipe, norm: recipe.batch_size,
+    "normalization": lambda recipe, norm: norm,
+}
+
+
+def test_the_shipped_studies_are_the_studies_folder():
+    assert SHIPPED == cli.study_names() and "mlp_vs_cnn" in SHIPPED
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_study_resolves_validates_and_samples_each_family(name, device):
+    definition = cli.load_study(name)
+    cfg = study.resolve(definition, name, torch.device(device), {})
+    assert (cfg.trials, cfg.timeout or None, cfg.replicates) == (
+        definition.trials[device], definition.timeout[device] or None,
+        definition.replicates[device])
+    spaces = study.validate(definition, cfg)
+    own = definition.cpu_families if device == "cpu" and definition.cpu_families else (
+        definition.families)
+    assert list(spaces) == list(own)
+    for family, space in spaces.items():
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+        recipe, norm = space.sample(trial), space.normalization_of(trial)
+        for field, value_of in SAMPLED.items():  # inside the family's space ...
+            assert value_of(recipe, norm) in getattr(space, field), (family, field)
+            if field in own[family]:  # ... and what the family fixes is what it sampled
+                narrowed = own[family][field]
+                assert value_of(recipe, norm) in (
+                    narrowed if isinstance(narrowed, tuple) else (narrowed,)), (family, field)
+        assert space.lr[0] <= recipe.lr <= space.lr[1]
+        assert space.epochs[0] <= recipe.epochs <= space.epochs[1]
+        model = train.build(recipe, 1000, torch.device("cpu"))[0]
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10), (family, recipe)
+
+
+def test_a_study_with_cpu_families_compares_them_on_a_cpu_and_its_families_on_a_gpu():
+    definition = cli.load_study("batch_size")
+    for device, sizes in (("cpu", (64, 128, 256, 512, 1024)),
+                          ("cuda", (32, 64, 128, 256, 512, 1024, 2048))):
+        cfg = study.resolve(definition, "batch_size", torch.device(device), {})
+        spaces = study.validate(definition, cfg)
+        assert list(spaces) == [str(b) for b in sizes]
+        for family, space in spaces.items():
+            trial = optuna.create_study().ask()
+            assert space.sample(trial).batch_size == int(family)
