@@ -38,7 +38,7 @@ def best_so_far(trials: pd.DataFrame, by: str) -> pd.DataFrame:
             ["family", "replicate"], sort=False):
         x = (df["wall_seconds"].fillna(0).cumsum() if by == "seconds"
              else pd.Series(np.arange(1, len(df) + 1), index=df.index))
-        best = df["value"].where(df["state"] == "COMPLETE").cummax()
+        best = df["value"].where(df["state"] == "COMPLETE").cummax().ffill()
         rows.append(pd.DataFrame({"family": family, "replicate": replicate,
                                   "x": x.to_numpy(dtype=float),
                                   "best_error": 1 - best.to_numpy(dtype=float)}))
@@ -121,8 +121,10 @@ def describe(h: Holding | None) -> str:
     """The answer's budget in words: from which budget the ranking held, or that it did not."""
     if h is None:
         return ""
-    budget = f"{h.holds_from:,.0f} {h.unit}" if h.unit == "s" else f"{h.holds_from:.0f} trials"
-    end = f"{h.end:,.0f} {h.unit}" if h.unit == "s" else f"{h.end:.0f} trials"
+    def amount(x: float) -> str:
+        return f"{x:,.0f} s" if h.unit == "s" else f"{x:.0f} trial{'s' * (round(x) != 1)}"
+
+    budget, end = amount(h.holds_from), amount(h.end)
     ranking = " < ".join(h.order)
     if h.still_crossing:
         return (f"tuning curves (median best-so-far validation error over {h.k} replicates): "

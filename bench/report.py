@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from bench import stats, store
+from bench import curves, stats, store
 from bench.store import read_verdicts, with_replicate
 from bench.tables import (
     SUMMARY_CAPTION,
@@ -336,6 +336,96 @@ def cost_figure(trials: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(**log_axis(error(done["value"])))
     fig.update_yaxes(title_text=ERROR_AXIS, row=1, col=1)
     return _legend(fig.update_layout(title="Error against cost (validation)"))
+
+
+def _steps(x: pd.Series, y: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The corners of a step function that keeps each value until the next x, so that a filled
+    band follows the same steps as its line (plotly's `hv` shape applies to lines only)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return np.repeat(x, 2)[1:], np.repeat(y, 2)[:-1]
+
+
+def tuning_figure(trials: pd.DataFrame, by: str) -> go.Figure:
+    """Tuning curves: per family the median over replicates of the best validation error so far
+    against its training seconds (timed studies) or trials, with the band from the best to the
+    worst replicate; error on a log axis."""
+    c = curves.curve(trials, by)
+    fig = go.Figure()
+    col = colors(_families(trials))
+    for family, df in c.groupby("family", sort=False):
+        df = df.dropna(subset=["median"])
+        xs, high = _steps(df["x"], error(1 - df["high"]))
+        _, low = _steps(df["x"], error(1 - df["low"]))
+        fig.add_scatter(x=np.concatenate([xs, xs[::-1]]), y=np.concatenate([high, low[::-1]]),
+                        fill="toself", fillcolor=col[family], opacity=0.15, mode="none",
+                        legendgroup=family, name=f"{family}: lowest–highest replicate",
+                        hoverinfo="skip")
+        fig.add_scatter(x=df["x"], y=error(1 - df["median"]), mode="lines",
+                        line={"color": col[family], "shape": "hv", "width": 3},
+                        legendgroup=family, name=f"{family}: median over replicates")
+    fig.update_xaxes(title_text="training seconds per family" if by == "seconds"
+                     else "trials per family")
+    shown = c[["median", "low", "high"]].to_numpy().ravel()
+    fig.update_yaxes(title_text=ERROR_AXIS, **log_axis(error(1 - shown[~np.isnan(shown)])))
+    return _legend(fig.update_layout(title="Tuning curves: best validation error so far (lower "
+                                           "is better)"))
+
+
+def expected_best_figure(trials: pd.DataFrame) -> go.Figure:
+    """Dodge et al. 2019's expected best validation error after n i.i.d. trials per family,
+    from its completed trials over every replicate, with opda's 80% simultaneous band."""
+    done = trials[trials["state"] == "COMPLETE"]
+    fig = go.Figure()
+    col = colors(_families(trials))
+    drawn: list[float] = []
+    for family, df in done.groupby("family", sort=False):
+        values = df["value"].to_numpy(dtype=float)
+        ns = np.arange(1, max(2, len(values)) + 1)
+        mid = curves.expected_best(values, ns)
+        low, high = curves.expected_best_bands(values, ns)
+        fig.add_scatter(x=np.concatenate([ns, ns[::-1]]),
+                        y=np.concatenate([error(high), error(low)[::-1]]), fill="toself",
+                        fillcolor=col[family], opacity=0.15, mode="none", legendgroup=family,
+                        name=f"{family}: 80% band", hoverinfo="skip")
+        fig.add_scatter(x=ns, y=error(mid), mode="lines", line={"color": col[family]},
+                        legendgroup=family, name=f"{family}: expected best")
+        drawn += [*error(low), *error(high)]
+    fig.update_xaxes(title_text="trials (n)")
+    fig.update_yaxes(title_text="expected best validation error (%, log scale)",
+                     **log_axis(drawn))
+    return _legend(fig).update_layout(
+        title="Expected best after n i.i.d. trials (Dodge et al. 2019; bands: opda, Lourie et "
+              "al.)")
+
+
+def tuning_parts(trials: pd.DataFrame, run: dict) -> tuple[list[str | go.Figure], str]:
+    """The tuning-curve section and its answer line: from which budget the order holds. The
+    expected-best figure only for i.i.d. samplers (random, qmc), never for TPE."""
+    cfg = run.get("config", {})
+    by = "seconds" if cfg.get("timeout") else "trials"
+    line = curves.describe(curves.holding(trials, by))
+    parts: list[str | go.Figure] = [tuning_figure(trials, by)]
+    named = {f: (v or {}).get("sampler") for f, v in (run.get("families") or {}).items()
+             if isinstance(v, dict)}
+    samplers = {named.get(f) or cfg.get("sampler", "tpe") for f in _families(trials)}
+    if samplers <= set(curves.IID_SAMPLERS):
+        parts.append(expected_best_figure(trials))
+        iid = _families(trials)
+    else:
+        iid = [f for f in _families(trials) if named.get(f) in curves.IID_SAMPLERS]
+        if iid:
+            parts.append(expected_best_figure(trials[trials["family"].isin(iid)]))
+    if iid:
+        done = trials[(trials["state"] == "COMPLETE") & trials["family"].isin(iid)]
+        values = {f: g["value"].to_numpy(float) for f, g in done.groupby("family", sort=False)}
+        if len(values) >= 2:
+            ns = np.unique(np.clip([1, 5, 10, 20, 50], 1, max(map(len, values.values()))))
+            parts += ["<p>Probability that each family's best of n i.i.d. trials is the best "
+                      "of all (from each family's completed trials):</p>",
+                      _table(curves.probability_best(values, ns).rename(columns={"n": "trials"}))]
+    if line:
+        parts.insert(0, f"<p class='answer'>{html.escape(line)}</p>")
+    return parts, line
 
 
 def scientific_axis(families: dict[str, dict] | None, names: list[str]) -> tuple[str, dict]:
@@ -739,6 +829,10 @@ def build(out: Path, name: str) -> Path:
     space_parts = importance_parts(importances, trials)
     space_parts += [parallel_figure(trials, f) for f, n in done["family"].value_counts(
         sort=False).items() if n >= 3]  # fewer lines than that show nothing
+    tuning, holds = tuning_parts(trials, run) if len(done) else ([], "")
+    if holds:
+        answer_html.append(f"<p class='answer'><span class='label'>Budget</span> "
+                           f"{html.escape(holds)}</p>")
     is_smoke = bool(run.get("config", {}).get("smoke"))
     smoke = [f"<p class='smoke'>{html.escape(SMOKE_LINE)}</p>"] if is_smoke else []
     sections = [
@@ -746,6 +840,7 @@ def build(out: Path, name: str) -> Path:
          + answer_html + glance),
         ("Per family (validation)", [_table(summary_frame(trials)),
                                      f"<p>{html.escape(SUMMARY_CAPTION)}.</p>"]),
+        ("Tuning curves", tuning or ["<p>No completed trial yet.</p>"]),
         ("Optimisation history", [history_figure(trials)]),
         ("Learning curves", [curves_figure(trials, epochs)]),
         ("Hyperparameters", space_parts or ["<p>Not enough completed trials.</p>"]),

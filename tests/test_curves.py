@@ -48,13 +48,14 @@ def test_probability_best_for_two_families_by_hand():
 
 
 def test_best_so_far_steps_by_seconds_and_by_trials():
-    t = _trials([("a", 0, None, 2.0), ("a", 0, 0.90, 3.0), ("a", 0, 0.85, 1.0),
-                 ("a", 0, 0.95, 4.0)])
+    t = _trials([("a", 0, None, 2.0), ("a", 0, 0.90, 3.0), ("a", 0, None, 1.0),
+                 ("a", 0, 0.85, 1.0), ("a", 0, 0.95, 4.0)])
     by_s = curves.best_so_far(t, "seconds")
-    assert by_s["x"].tolist() == [2.0, 5.0, 6.0, 10.0]
+    assert by_s["x"].tolist() == [2.0, 5.0, 6.0, 7.0, 11.0]
     assert np.isnan(by_s["best_error"].iloc[0])
-    assert by_s["best_error"].iloc[1:].round(6).tolist() == [0.1, 0.1, 0.05]
-    assert curves.best_so_far(t, "trials")["x"].tolist() == [1, 2, 3, 4]
+    # a pruned trial keeps the best so far (it is not a gap in the curve)
+    assert by_s["best_error"].iloc[1:].round(6).tolist() == [0.1, 0.1, 0.1, 0.05]
+    assert curves.best_so_far(t, "trials")["x"].tolist() == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="by='hours'"):
         curves.best_so_far(t, "hours")
 

@@ -66,7 +66,7 @@ def test_every_command_that_trains_applies_the_host_settings(tiny_mnist, tmp_pat
         raise Stop(list(calls))
 
     calls.clear()
-    monkeypatch.setattr(cli, "_folder", lambda name, overrides: Path(tmp_path))
+    monkeypatch.setattr(cli, "_folder", lambda name, overrides, command="": Path(tmp_path))
     monkeypatch.setattr(finalists, "finalize", finalize)
     with pytest.raises(Stop) as seen:
         cli.main(["finalize", "mlp_vs_cnn", "DEVICE=cpu", f"RESULTS_DIR={tmp_path}"])

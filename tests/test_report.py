@@ -145,9 +145,10 @@ def test_page_escapes_strings_and_inlines_plotly(tmp_path):
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "x&amp;y" in page
     assert not re.search(r"<script[^>]*\bsrc=", page)  # plotly.js inlined: opens offline
-    # history, curves, cost; no parallel coordinates with only 2 completed trials per family
-    # the answer at a glance, history, curves, cost; importances, parallel coordinates need more
-    assert page.count("Plotly.newPlot") == 4
+    # the answer at a glance, tuning curves, history, learning curves, cost; importances and
+    # parallel coordinates need more trials; no expected-best curves for a TPE study
+    assert page.count("Plotly.newPlot") == 5
+    assert "Tuning curves" in page and "Expected best after n" not in page
     assert "No test numbers yet" in page
 
 
@@ -348,3 +349,46 @@ def test_the_report_says_when_the_answer_line_and_the_verdict_name_different_fam
     finalists["val_acc"] = finalists["family"].map({"cnn": 0.95, "mlp": 0.9})
     assert report.selection_note(trials, finalists) == ""
     assert report.selection_note(trials, None) == ""
+
+
+def _replicated(sampler: str) -> tuple[pd.DataFrame, dict]:
+    """Two replicates of `_trials`, the second a little worse, from a study run with `sampler`."""
+    first, second = _trials(), _trials()
+    second["value"] = second["value"] - 0.01
+    trials = pd.concat([first.assign(replicate=0), second.assign(replicate=1)],
+                       ignore_index=True)
+    return trials, {"config": {"timeout": None, "sampler": sampler},
+                    "families": {"mlp": {"archs": ["mlp"]}, "cnn": {"archs": ["cnn"]}}}
+
+
+def test_tuning_curves_draw_the_median_and_band_over_replicates():
+    trials, run = _replicated("tpe")
+    fig = report.tuning_figure(trials, "trials")
+    names = [d.name for d in fig.data]
+    assert names == ["mlp: lowest–highest replicate", "mlp: median over replicates",
+                     "cnn: lowest–highest replicate", "cnn: median over replicates"]
+    cnn = fig.data[3]
+    # trials 1..3: cnn's best so far 0.96, 0.96, 0.99 (replicate 0) and 0.95, 0.95, 0.98
+    # (replicate 1): medians 0.955, 0.955, 0.985 -> errors 4.5%, 4.5%, 1.5%
+    assert list(cnn.x) == [1, 2, 3] and np.allclose(cnn.y, [4.5, 4.5, 1.5])
+    assert fig.layout.yaxis.type == "log" and all("%" in t for t in fig.layout.yaxis.ticktext)
+    parts, line = report.tuning_parts(trials, run)
+    assert len(parts) == 2 and line.startswith("tuning curves (median best-so-far validation "
+                                                "error over 2 replicates): cnn")
+
+
+def test_expected_best_is_drawn_for_iid_samplers_only():
+    for sampler, drawn in (("tpe", False), ("random", True), ("qmc", True)):
+        trials, run = _replicated(sampler)
+        parts, _ = report.tuning_parts(trials, run)
+        titles = [p.layout.title.text for p in parts if not isinstance(p, str)]
+        assert any(t.startswith("Expected best after n") for t in titles) == drawn, sampler
+        assert any("Probability that each family" in p for p in parts
+                   if isinstance(p, str)) == drawn
+    # a study whose families name their samplers: only the i.i.d. ones get the curve
+    trials, run = _replicated("tpe")
+    run["families"] = {"mlp": {"sampler": "random"}, "cnn": {"sampler": "tpe"}}
+    parts, _ = report.tuning_parts(trials, run)
+    figure = next(p for p in parts if not isinstance(p, str)
+                  and p.layout.title.text.startswith("Expected best"))
+    assert {d.legendgroup for d in figure.data} == {"mlp"}
