@@ -53,7 +53,8 @@ def test_report_loads_without_js_errors_and_draws_every_plot(browser, tmp_path):
     predictions.to_parquet(tmp_path / "test_predictions.parquet")
     page = report.build(tmp_path, "browser")
     expected = page.read_text().count("Plotly.newPlot")
-    assert expected == 5  # the answer at a glance, history, curves, cost, confusion
+    # the answer at a glance, tuning curves, history, learning curves, cost, confusion
+    assert expected == 6
     _check_every_plot_drawn(browser, page, expected)
     assert browser.title == "mnist-bench · browser"
 
@@ -135,7 +136,7 @@ def test_the_glance_figure_as_a_reader_sees_it(browser, tmp_path):
     finalists.to_parquet(tmp_path / "finalists.parquet")
     predictions.to_parquet(tmp_path / "test_predictions.parquet")
     page = report.build(tmp_path, "glance")
-    _check_every_plot_drawn(browser, page, 5)
+    _check_every_plot_drawn(browser, page, 6)
     glance = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")[0]
     browser.execute_script("arguments[0].scrollIntoView();", glance)
     shot = tmp_path / "glance.png"
@@ -175,8 +176,43 @@ def test_a_five_family_report_draws_every_figure(browser, tiny_mnist, tmp_path):
     page = report.build(out, "five")
     text = page.read_text()
     assert "The answer: error by batch size" in text and "Best learning rate against" in text
-    # answer, lr scaling, history, curves, cost, parallel coordinates x5, confusion (+ the grid
-    # of misclassified digits when the winner got any wrong)
+    # answer, lr scaling, tuning curves, history, curves, cost, parallel coordinates x5,
+    # confusion (+ the grid of misclassified digits when the winner got any wrong)
     expected = text.count("Plotly.newPlot")
-    assert expected >= 11
+    assert expected >= 12
     _check_every_plot_drawn(browser, page, expected)
+
+
+def test_a_replicated_qmc_smoke_study_draws_its_tuning_curves_and_verdict(browser, tiny_mnist,
+                                                                         tmp_path):
+    """Three replicates searched by quasi-random (i.i.d.) trials: the report draws the tuning
+    curves over replicates, the expected best after n trials with its band, and the family
+    verdict table across replicates."""
+    definition = study.Study(
+        question="replicated", families={"mlp": {"archs": ("mlp",)}, "cnn": {"archs": ("cnn",)}},
+        val_size=200, space=Space(batch_size=(64,), lr=(1e-3, 1e-2), epochs=(1, 1),
+                                  optimizers=("adam",), schedules=("constant",),
+                                  arch_ranges={"mlp": {"depth": (1, 1), "width": (16, 32)},
+                                               "cnn": {"blocks": (1, 1), "channels": (4, 4),
+                                                       "convs": (1, 1), "hidden": (16, 16)}}),
+        pruner=lambda max_epochs: optuna.pruners.NopPruner())
+    cfg = study.RunConfig(name="rep", trials=6, timeout=None, device="cpu", seed=0,
+                          smoke=False, results_dir=tmp_path, replicates=3, sampler="qmc")
+    out = study.run(definition, cfg, Console(quiet=True))
+    finalists.finalize(definition, out, torch.device("cpu"), k=1, seeds=1, refresh=False,
+                       console=Console(quiet=True))
+    page = report.build(out, "rep")
+    text = page.read_text()
+    assert "Family verdict" in text and "Tuning curves" in text
+    expected = text.count("Plotly.newPlot")
+    _check_every_plot_drawn(browser, page, expected)
+    titles = [p["title"] for p in browser.execute_script(AXES_JS)]
+    tuning = [t for t in titles if t.startswith("Tuning curves")]
+    best = [t for t in titles if t.startswith("Expected best after n")]
+    assert len(tuning) == 1 and len(best) == 1, titles
+    traces = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.js-plotly-plot')).filter(gd => "
+        "gd._fullLayout.title.text.startsWith('Expected best')).map(gd => gd.data.map(d => "
+        "d.name))[0]")
+    assert traces == ["mlp: 80% band", "mlp: expected best", "cnn: 80% band",
+                      "cnn: expected best"]
