@@ -837,3 +837,13 @@ def test_finalize_refuses_a_study_that_is_still_running(tiny_mnist, tmp_path, te
         finalists.finalize(STUDY, out, torch.device("cpu"), k=1, seeds=1, refresh=False,
                            console=Console(quiet=True))
     assert not (out / "test_access.jsonl").exists() and not test_file_opens
+
+
+def test_runs_jsonl_records_the_families_the_cpu_ran(tiny_mnist, tmp_path):
+    """A CPU run of a study with cpu_families used to record the GPU families, so the report's
+    scientific axis found no overlap with the trials."""
+    two = replace(STUDY, cpu_families=MLP_WIDTHS, cpu_space=replace(
+        SPACE, archs=("mlp",), arch_ranges={"mlp": {"depth": (1, 1), "width": (16, 32)}}))
+    trials, _, out = _run(tmp_path, definition=two, trials=2)
+    run = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
+    assert set(run["families"]) == set(MLP_WIDTHS) == set(trials["family"])
