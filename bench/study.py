@@ -335,8 +335,9 @@ class Tally:
     done: int = 0  # trials that used budget: ran to an outcome (a divergence is one)
     running: int = 0  # trials running now, in any process
     queued: int = 0  # retries waiting: the configurations of lost trials
-    seconds: float = 0.0  # charged: finished trials' wall time + running trials' time so far
-    epoch_s: float = 0.0  # the family's median measured epoch time; 0 before any epoch
+    seconds: float = 0.0  # charged: finished trials' wall time + running trials' time so far,
+    # at least one epoch each (two processes must not both start a trial into the last epoch)
+    epoch_s: float = 0.0  # the family's longest measured epoch; 0 before any epoch
 
 
 def schedule(tallies: dict[Unit, Tally], quota: int, budget: float | None) -> Unit | str | None:
@@ -364,8 +365,9 @@ def schedule(tallies: dict[Unit, Tally], quota: int, budget: float | None) -> Un
 
 
 def tallies(subs: dict[Unit, optuna.Study]) -> dict[Unit, Tally]:
-    """Each unit's Tally from its trials in storage; the epoch time is the family's, over all
-    its replicates."""
+    """Each unit's Tally from its trials in storage; the epoch time is the family's longest,
+    over all its replicates (a median let a slow configuration's first epoch overrun a CPU
+    budget by a third)."""
     trials = {u: sub.get_trials(deepcopy=False) for u, sub in subs.items()}
     epochs: dict[str, list[float]] = {}
     for (_, family), ts in trials.items():
@@ -376,12 +378,12 @@ def tallies(subs: dict[Unit, optuna.Study]) -> dict[Unit, Tally]:
     for u, ts in trials.items():
         running = [t for t in ts if t.state == TrialState.RUNNING]
         seconds = sum(t.user_attrs.get("wall_seconds", 0.0) for t in ts if counts(t))
-        seconds += sum((now - t.datetime_start).total_seconds() for t in running
+        epoch_s = max(epochs[u[1]], default=0.0)
+        seconds += sum(max((now - t.datetime_start).total_seconds(), epoch_s) for t in running
                        if t.datetime_start)
-        measured = sorted(epochs[u[1]])
         out[u] = Tally(done=sum(map(counts, ts)), running=len(running),
                        queued=sum(t.state == TrialState.WAITING for t in ts), seconds=seconds,
-                       epoch_s=measured[len(measured) // 2] if measured else 0.0)
+                       epoch_s=epoch_s)
     return out
 
 
