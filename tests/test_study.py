@@ -740,19 +740,23 @@ def test_tallies_charge_finished_trials_their_wall_time_and_running_ones_their_t
     add(a, TrialState.FAIL, wall=30.0, stop_reason="killed")  # lost: retried, not charged
     add(a, TrialState.WAITING, retry_of=3)
     add(b, TrialState.COMPLETE, wall=6.0, epochs=(6.0,))
-    running = b.ask()  # started now, in some process: charged what it has run so far
-    started = b.trials[running.number].datetime_start
+    running = b.ask()  # started now, in some process: charged what it has run so far, and at
+    started = b.trials[running.number].datetime_start  # least the family's longest epoch
 
-    class Later(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return started + timedelta(seconds=25)
+    def at(seconds):
+        class Later(datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return started + timedelta(seconds=seconds)
 
-    monkeypatch.setattr(study, "datetime", Later)
-    got = study.tallies({(0, "a"): a, (1, "a"): b})
-    # epoch time: the family's median over both replicates' epochs (3, 4, 5, 6, 9 s)
-    assert got[(0, "a")] == study.Tally(done=3, running=0, queued=1, seconds=23.0, epoch_s=5.0)
-    assert got[(1, "a")] == study.Tally(done=1, running=1, queued=0, seconds=31.0, epoch_s=5.0)
+        monkeypatch.setattr(study, "datetime", Later)
+        return study.tallies({(0, "a"): a, (1, "a"): b})
+
+    got = at(25)
+    # epoch time: the family's longest over both replicates' epochs (3, 4, 5, 6 and 9 s)
+    assert got[(0, "a")] == study.Tally(done=3, running=0, queued=1, seconds=23.0, epoch_s=9.0)
+    assert got[(1, "a")] == study.Tally(done=1, running=1, queued=0, seconds=31.0, epoch_s=9.0)
+    assert at(4)[(1, "a")].seconds == 6.0 + 9.0  # 4 s in: charged one whole epoch already
 
 
 def test_replicates_run_the_whole_study_again_on_their_own_split_and_seeds(tiny_mnist, tmp_path):
