@@ -159,6 +159,7 @@ def test_the_glance_figure_as_a_reader_sees_it(browser, tmp_path):
 BATCH_SIZES = {str(b): {"batch_size": (b,)} for b in (16, 32, 64, 128, 256)}
 
 
+@pytest.mark.slow  # seconds a run: `make test-full` (keeps `make test` under 5 minutes)
 def test_a_five_family_report_draws_every_figure(browser, tiny_mnist, tmp_path):
     """A real five-family study (batch sizes, so the numeric axis and the lr figure), finalized."""
     definition = study.Study(

@@ -113,6 +113,7 @@ def test_auto_precision_keeps_fp32_for_the_kind_bf16_made_slower(monkeypatch):
     assert train.resolve_precision("auto", cpu, "cnn") == "fp32"
 
 
+@pytest.mark.slow  # seconds a run: `make test-full` (keeps `make test` under 5 minutes)
 def test_bench_command_writes_one_row_per_model_and_pipeline(tiny_mnist, tmp_path, monkeypatch,
                                                              capsys):
     monkeypatch.chdir(tmp_path)  # .data/tutorial goes here

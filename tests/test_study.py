@@ -235,6 +235,7 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_mnist, tmp_pat
     assert (trials["state"] == "FAIL").all() and (trials["stop_reason"] == "nonfinite").all()
 
 
+@pytest.mark.slow  # seconds a run: `make test-full` (keeps `make test` under 5 minutes)
 def test_smoke_study_on_real_mnist_through_the_cli(real_mnist, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
@@ -282,6 +283,7 @@ def test_comparison_line_takes_the_median_over_replicates():
         "cnn 95.00% (2.00 pp behind) [best in 1 of 3, 10 s per replicate]")
 
 
+@pytest.mark.slow  # seconds a run: `make test-full` (keeps `make test` under 5 minutes)
 def test_ctrl_c_keeps_completed_trials_and_the_rerun_continues(real_mnist, tmp_path):
     cmd = [sys.executable, "-m", "bench", "study", "mlp_vs_cnn", "SMOKE=1", "DEVICE=cpu",
            "REPLICATES=1",
