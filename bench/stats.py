@@ -440,31 +440,26 @@ def _pp(v: float) -> str:
     return f"{v:+.2f}".replace("-", "−")
 
 
-def _family_phrase(r: pd.Series) -> str:
+def _phrase(r: pd.Series, finalists: bool) -> str:
+    """One comparison in words: the family's (across replicates) or its finalist's (one
+    replicate, over seed pairs)."""
     ref, fam = r["reference"], r["family"]
+    who, whom = (f"{fam}'s finalist", f"{ref}'s") if finalists else (fam, ref)
     if not isfinite(r["p"]):
-        return f"{fam}: no family verdict ({r['note']})"
+        return f"{who}: {'no test' if finalists else 'no family verdict'} ({r['note']})"
     interval = f"[{_pp(r['low_pp'])}, {_pp(r['high_pp'])}]"
     if r["verdict"] == Verdict.NOT_SEPARABLE.value:
-        head = f"{fam} not separable from {ref} at this budget, gap {_pp(r['gap_pp'])} pp"
+        budget = "" if finalists else " at this budget"
+        head = f"{who} not separable from {whom}{budget}, gap {_pp(r['gap_pp'])} pp"
     else:
-        head = f"{fam} {r['verdict']} by {abs(r['gap_pp']):.2f} pp"
-    line = (f"{fam}: {head} {interval}, won {r['wins']} of {r['n']} replicates, "
-            f"P({ref} > {fam}) = {r['p_reference_better']:.2f}, Holm p = {r['p_adjusted']:.2g}")
-    return line + (f" ({r['note']})" if r["note"] else "")
-
-
-def _finalist_phrase(r: pd.Series) -> str:
-    ref, fam = r["reference"], r["family"]
-    if not isfinite(r["p"]):
-        return f"{fam}'s finalist: no test ({r['note']})"
-    interval = f"[{_pp(r['low_pp'])}, {_pp(r['high_pp'])}]"
-    if r["verdict"] == Verdict.NOT_SEPARABLE.value:
-        head = f"{fam}'s finalist not separable from {ref}'s, gap {_pp(r['gap_pp'])} pp"
+        head = f"{who} {r['verdict']} by {abs(r['gap_pp']):.2f} pp"
+    if finalists:
+        line = (f"{head} {interval} over {r['n']} seed pair{'s' if r['n'] != 1 else ''}, "
+                f"McNemar Holm p = {r['p_adjusted']:.2g}")
     else:
-        head = f"{fam}'s finalist {r['verdict']} by {abs(r['gap_pp']):.2f} pp"
-    line = (f"{head} {interval} over {r['n']} seed pair{'s' if r['n'] != 1 else ''}, "
-            f"McNemar Holm p = {r['p_adjusted']:.2g}")
+        line = (f"{fam}: {head} {interval}, won {r['wins']} of {r['n']} replicates, "
+                f"P({ref} > {fam}) = {r['p_reference_better']:.2f}, Holm p = "
+                f"{r['p_adjusted']:.2g}")
     return line + (f" ({r['note']})" if r["note"] else "")
 
 
@@ -485,10 +480,10 @@ def answer(verdicts_df: pd.DataFrame, k: int) -> str:
                 f"≥ {REPLICATES_FOR_A_VERDICT} replicates (REPLICATES={REPLICATES_FOR_A_VERDICT})")
         if not rep.empty:
             line += (f". These finalists against {ref}'s, paired on the same test images: "
-                     + "; ".join(_finalist_phrase(r) for _, r in rep.iterrows()))
+                     + "; ".join(_phrase(r, finalists=True) for _, r in rep.iterrows()))
         return line + "."
     line = (f"{ref} (best on validation, median over {k} replicates) vs "
-            + "; vs ".join(_family_phrase(r) for _, r in fam.iterrows()))
+            + "; vs ".join(_phrase(r, finalists=False) for _, r in fam.iterrows()))
     tested = int(np.isfinite(fam["p"].to_numpy(float)).sum())
     if tested > 1:
         line += f". Holm-adjusted over {tested} comparisons"

@@ -43,15 +43,20 @@ def browser():
     driver.quit()
 
 
-def test_report_loads_without_js_errors_and_draws_every_plot(browser, tmp_path):
+def _finalized_report(folder, name):
+    """The report of test_report's built store, finalists included."""
     trials = _trials()
     trials["recipe"] = None
-    trials.to_parquet(tmp_path / "trials.parquet")
-    _epochs(trials).to_parquet(tmp_path / "epochs.parquet")
+    trials.to_parquet(folder / "trials.parquet")
+    _epochs(trials).to_parquet(folder / "epochs.parquet")
     finalists, predictions = _finalists()
-    finalists.to_parquet(tmp_path / "finalists.parquet")
-    predictions.to_parquet(tmp_path / "test_predictions.parquet")
-    page = report.build(tmp_path, "browser")
+    finalists.to_parquet(folder / "finalists.parquet")
+    predictions.to_parquet(folder / "test_predictions.parquet")
+    return report.build(folder, name)
+
+
+def test_report_loads_without_js_errors_and_draws_every_plot(browser, tmp_path):
+    page = _finalized_report(tmp_path, "browser")
     expected = page.read_text().count("Plotly.newPlot")
     # the answer at a glance, tuning curves, history, learning curves, cost, confusion
     assert expected == 6
@@ -128,14 +133,7 @@ def test_the_glance_figure_as_a_reader_sees_it(browser, tmp_path):
     """A screenshot of the answer at a glance: validation circles and test diamonds both drawn
     (in their colours), y labels in percent at major ticks only, families on the x axis."""
     image = pytest.importorskip("PIL.Image")
-    trials = _trials()
-    trials["recipe"] = None
-    trials.to_parquet(tmp_path / "trials.parquet")
-    _epochs(trials).to_parquet(tmp_path / "epochs.parquet")
-    finalists, predictions = _finalists()
-    finalists.to_parquet(tmp_path / "finalists.parquet")
-    predictions.to_parquet(tmp_path / "test_predictions.parquet")
-    page = report.build(tmp_path, "glance")
+    page = _finalized_report(tmp_path, "glance")
     _check_every_plot_drawn(browser, page, 6)
     glance = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")[0]
     browser.execute_script("arguments[0].scrollIntoView();", glance)
