@@ -66,7 +66,7 @@ study: $(SETUP) ## run or continue a study: make study NAME=mlp_vs_cnn [TRIALS= 
 worker: $(SETUP) ## add workers to a running study: make worker NAME=x [STORAGE=postgresql://... WORKERS=2]
 	@$(PY) -m bench worker $(call env,$(WORKER_KEYS)) $(MAKEOVERRIDES)
 
-finalize: $(SETUP) ## score the validation-chosen finalists on test: make finalize NAME=x [K=2 SEEDS=3 REFRESH=1]
+finalize: $(SETUP) ## score the validation-chosen finalists on test: make finalize NAME=x [K=1 SEEDS=2 REFRESH=1]
 	@$(PY) -m bench finalize $(call env,$(FINALIZE_KEYS)) $(MAKEOVERRIDES)
 
 report: $(SETUP) ## re-render results/NAME/report.html from the store: make report NAME=x
