@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bench.outcomes import LOST
 from bench.store import with_replicate
 
 IID_SAMPLERS = ("random", "qmc")  # samplers whose trials are i.i.d.: expected-best curves apply
-LOST = ("interrupted", "killed")  # trials that ended without an outcome (outcomes.LOST)
 POINTS = 60  # grid points of a seconds axis
 
 
@@ -49,7 +49,10 @@ def best_so_far(trials: pd.DataFrame, by: str) -> pd.DataFrame:
 def curve(trials: pd.DataFrame, by: str, points: int = POINTS) -> pd.DataFrame:
     """Per family on one budget grid: median, lowest and highest best-so-far error over the
     replicates that have a completed trial by then (`replicates` counts them)."""
-    steps = best_so_far(trials, by)
+    return _on_grid(best_so_far(trials, by), by, points)
+
+
+def _on_grid(steps: pd.DataFrame, by: str, points: int = POINTS) -> pd.DataFrame:
     if steps.empty:
         return pd.DataFrame(columns=["family", "x", "median", "low", "high", "replicates"])
     end = steps["x"].max()
@@ -99,7 +102,8 @@ class Holding:
 
 def holding(trials: pd.DataFrame, by: str) -> Holding | None:
     """The ranking at the full budget and the budget it holds from; None with < 2 families."""
-    c = curve(trials, by)
+    steps = best_so_far(trials, by)
+    c = _on_grid(steps, by)
     if c.empty or c["family"].nunique() < 2:
         return None
     wide = c.pivot(index="x", columns="family", values="median").dropna()
@@ -110,7 +114,6 @@ def holding(trials: pd.DataFrame, by: str) -> Holding | None:
     first = len(same)
     while first > 0 and same[first - 1]:
         first -= 1
-    steps = best_so_far(trials, by)
     finals = steps.groupby(["replicate", "family"])["best_error"].last().unstack()
     agree = int((finals.idxmin(axis=1) == order[0]).sum())
     return Holding(order=order, holds_from=float(wide.index[first]), end=float(wide.index[-1]),

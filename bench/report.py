@@ -23,6 +23,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from bench import curves, stats, store
+from bench.space import CHOICES, family_samplers
 from bench.store import read_verdicts, with_replicate
 from bench.tables import (
     SUMMARY_CAPTION,
@@ -223,7 +224,6 @@ def importance_figure(importances: pd.DataFrame) -> go.Figure:
 
 
 LOG_PARAMS = ("lr", "weight_decay")  # searched on a log scale (space.py)
-CHOICES = ("batch_size",)  # numbers chosen from a list (suggest_categorical), not a range
 
 
 def _dimension(label: str, values: pd.Series) -> dict:
@@ -405,17 +405,11 @@ def tuning_parts(trials: pd.DataFrame, run: dict) -> tuple[list[str | go.Figure]
     by = "seconds" if cfg.get("timeout") else "trials"
     line = curves.describe(curves.holding(trials, by))
     parts: list[str | go.Figure] = [tuning_figure(trials, by)]
-    named = {f: (v or {}).get("sampler") for f, v in (run.get("families") or {}).items()
-             if isinstance(v, dict)}
-    samplers = {named.get(f) or cfg.get("sampler", "tpe") for f in _families(trials)}
-    if samplers <= set(curves.IID_SAMPLERS):
-        parts.append(expected_best_figure(trials))
-        iid = _families(trials)
-    else:
-        iid = [f for f in _families(trials) if named.get(f) in curves.IID_SAMPLERS]
-        if iid:
-            parts.append(expected_best_figure(trials[trials["family"].isin(iid)]))
+    named = family_samplers(run.get("families") or {})
+    iid = [f for f in _families(trials)
+           if (named.get(f) or cfg.get("sampler", "tpe")) in curves.IID_SAMPLERS]
     if iid:
+        parts.append(expected_best_figure(trials[trials["family"].isin(iid)]))
         done = trials[(trials["state"] == "COMPLETE") & trials["family"].isin(iid)]
         values = {f: g["value"].to_numpy(float) for f, g in done.groupby("family", sort=False)}
         if len(values) >= 2:

@@ -260,6 +260,23 @@ def _within(what: str, value: Any, allowed: Any, choices: bool = False) -> None:
                          f"{tuple(allowed)!r}")
 
 
+SAMPLERS = ("tpe", "random", "qmc")  # SAMPLER=: the study file's own (TPE), random, quasi-random
+
+
+def family_samplers(families: dict[str, Any]) -> dict[str, str | None]:
+    """The sampler a family names (`{"sampler": "random"}`: the search method as the scientific
+    parameter), else None: the run's SAMPLER. Not a Space field, since it is how the space is
+    searched, not what it holds."""
+    named = {}
+    for family, fields in families.items():
+        name = fields.get("sampler") if isinstance(fields, dict) else None
+        if name is not None and name not in SAMPLERS:
+            raise SpaceError(f"family {family!r}: sampler={name!r}; valid: "
+                             f"{', '.join(SAMPLERS)}")
+        named[family] = name
+    return named
+
+
 def narrow(space: Space, family: str, fields: Any) -> Space:
     """The study's space narrowed by one family's fields; refuses anything it does not allow.
 

@@ -48,6 +48,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from bench.store import with_replicate
+
 REPLICATES_FOR_A_VERDICT = 3  # what the k = 1 caveat asks for (REPLICATES=3)
 RESAMPLES = 10_000  # bootstrap resamples (fixed rng seed: verdicts are deterministic)
 _CHUNK = 1_000  # resamples per chunk: memory stays at chunk x distinct gap columns
@@ -136,16 +138,11 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def _with_replicate(df: pd.DataFrame) -> pd.DataFrame:
-    """Stores written before replicates existed are one replicate, number 0."""
-    return df if "replicate" in df.columns else df.assign(replicate=0)
-
-
 def correctness(predictions: pd.DataFrame, family: str, rank: int = 1,
                 replicate: int | None = None) -> np.ndarray:
     """Boolean (runs, images) array of a finalist's right answers, runs in store order
     (`replicate=None`: every replicate's runs)."""
-    df = _with_replicate(predictions)
+    df = with_replicate(predictions)
     df = df[(df["family"] == family) & (df["rank"] == rank)]
     if replicate is not None:
         df = df[df["replicate"] == replicate]
@@ -160,7 +157,7 @@ def replicate_scores(finalists: pd.DataFrame) -> pd.DataFrame:
     A family with rows in a replicate always has its row there (NaN when it diverged on every
     seed or has no rank-1 run), so nothing vanishes from a comparison unannounced.
     """
-    df = _with_replicate(finalists)
+    df = with_replicate(finalists)
     families = list(dict.fromkeys(df["family"]))
     rows = []
     for replicate in sorted(df["replicate"].unique()):
@@ -385,7 +382,7 @@ def verdicts(finalists: pd.DataFrame, predictions: pd.DataFrame, alpha: float = 
     No family is dropped: one that never scored gets its rows with a note; with one family
     only, a single row says there is nothing to compare.
     """
-    finalists, predictions = _with_replicate(finalists), _with_replicate(predictions)
+    finalists, predictions = with_replicate(finalists), with_replicate(predictions)
     scores = replicate_scores(finalists)
     families = list(dict.fromkeys(finalists["family"]))
     try:

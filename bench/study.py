@@ -43,14 +43,13 @@ from rich.progress import Progress
 from bench import curves, data, host, optim, provenance, storage, store, train
 from bench.models import count_params
 from bench.outcomes import FAILED, check_failures, counts, frames, importances, stop_reason
-from bench.space import Space, SpaceError, canonical, narrow
+from bench.space import Space, SpaceError, canonical, family_samplers, narrow
 from bench.tables import comparison, config_table, progress_bars, rich_table, summary_table
 
 SMOKE_SUBSET, SMOKE_VAL, SMOKE_TRIALS = 3000, 600, 6
 RUN_KEYS = ("trials", "timeout", "device", "seed", "smoke", "precision", "fast",
             "replicates", "sampler")  # stored, joined
 CONTINUED_KEYS = ("seed", "device", "precision", "sampler")  # a continued study keeps these
-SAMPLERS = ("tpe", "random", "qmc")
 AUTO_WORKERS = 8
 POLL_S = 1.0  # how often a worker with nothing to start looks at the others' trials again
 
@@ -159,10 +158,8 @@ def check(study: Study, where: str = "") -> None:
     whichever device runs now: SpaceError (one line, ending with `where` and which half)."""
     for device in STUDY_DEVICES:
         cpu = device == "cpu"
-        families = study.cpu_families if cpu and study.cpu_families else study.families
-        space = study.cpu_space if cpu and study.cpu_space else study.space
         try:
-            family_spaces(families, space)
+            family_spaces(families_for(study, device), _space_on(study, device))
         except SpaceError as exc:
             which = ("cpu_families" if cpu and study.cpu_families else "families") + " of " + (
                 "cpu_space" if cpu and study.cpu_space else "space")
@@ -238,9 +235,13 @@ SMOKE_EPOCHS = (1, 2)
 def space_for(study: Study, cfg: RunConfig, smoke: bool | None = None) -> Space:
     """The study's space on cfg's device; under smoke (cfg.smoke unless `smoke` is given) with
     SMOKE_EPOCHS. Families narrow the space without smoke: `family_spaces(..., smoke=True)`."""
-    space = study.cpu_space if cfg.device == "cpu" and study.cpu_space else study.space
+    space = _space_on(study, cfg.device)
     smoke = cfg.smoke if smoke is None else smoke
     return replace(space, epochs=SMOKE_EPOCHS) if smoke else space
+
+
+def _space_on(study: Study, device: str) -> Space:
+    return study.cpu_space if device == "cpu" and study.cpu_space else study.space
 
 
 def families_for(study: Study, device: str) -> dict[str, dict[str, Any]]:
@@ -278,20 +279,6 @@ def family_spaces(families: dict[str, dict[str, Any]], space: Space,
     if smoke:
         spaces = {f: replace(s, epochs=SMOKE_EPOCHS) for f, s in spaces.items()}
     return spaces
-
-
-def family_samplers(families: dict[str, dict[str, Any]]) -> dict[str, str | None]:
-    """The sampler a family names (`{"sampler": "random"}`: the search method as the scientific
-    parameter), else None: the run's SAMPLER. Not a Space field, since it is how the space is
-    searched, not what it holds."""
-    named = {}
-    for family, fields in families.items():
-        name = fields.get("sampler") if isinstance(fields, dict) else None
-        if name is not None and name not in SAMPLERS:
-            raise SpaceError(f"family {family!r}: sampler={name!r}; valid: "
-                             f"{', '.join(SAMPLERS)}")
-        named[family] = name
-    return named
 
 
 def make_sampler(study: Study, name: str, seed: int) -> optuna.samplers.BaseSampler:

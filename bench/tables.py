@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bench.space import Space
+from bench.stats import REPLICATES_FOR_A_VERDICT
 from bench.store import with_replicate
 
 
@@ -341,5 +342,5 @@ def comparison(trials: pd.DataFrame) -> str:
               + f" [best in {winners.get(f, 0)} of {k}, {seconds(seconds_used[f])} s per "
               "replicate]" for i, (f, v) in enumerate(median.items())]
     scope = (f"median over {k} replicates" if k > 1 else
-             "one replicate: a family verdict needs REPLICATES>=3")
+             f"one replicate: a family verdict needs REPLICATES>={REPLICATES_FOR_A_VERDICT}")
     return (f"validation, best trial per family ({scope}), best first: " + "; ".join(ranked))
