@@ -392,3 +392,10 @@ def test_expected_best_is_drawn_for_iid_samplers_only():
     figure = next(p for p in parts if not isinstance(p, str)
                   and p.layout.title.text.startswith("Expected best"))
     assert {d.legendgroup for d in figure.data} == {"mlp"}
+    # and a family left on the run's random SAMPLER, beside one that names TPE, is drawn
+    trials, run = _replicated("random")
+    run["families"] = {"mlp": {"sampler": "tpe"}, "cnn": {"archs": ["cnn"]}}
+    parts, _ = report.tuning_parts(trials, run)
+    figure = next(p for p in parts if not isinstance(p, str)
+                  and p.layout.title.text.startswith("Expected best"))
+    assert {d.legendgroup for d in figure.data} == {"cnn"}
